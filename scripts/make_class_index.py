@@ -7,13 +7,15 @@ The output uses that file's format: `{"0": ["n01440764", "tench"], ...}`.
 
 Usage:
     pip install --no-deps keras-hub
-    python scripts/make_class_index.py
+    python scripts/make_class_index.py          # write the file
+    python scripts/make_class_index.py --check  # exit 1 if it differs
 """
 
 import ast
 import importlib.util
 import json
 import pathlib
+import sys
 
 OUT = (
     pathlib.Path(__file__).resolve().parents[1]
@@ -49,7 +51,13 @@ def main():
     index = {str(i): list(IMAGENET_NAMES[i]) for i in range(1000)}
     # One class per line, so a diff of the file reads as a list of classes.
     lines = ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in index.items())
-    OUT.write_text("{\n" + lines + "\n}\n")
+    text = "{\n" + lines + "\n}\n"
+    if "--check" in sys.argv[1:]:
+        if OUT.read_text() != text:
+            raise SystemExit(f"{OUT} differs from keras-hub's IMAGENET_NAMES")
+        print(f"{OUT} matches keras-hub's {len(index)} classes")
+        return
+    OUT.write_text(text)
     print(f"wrote {len(index)} classes to {OUT}")
 
 

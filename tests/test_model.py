@@ -1,0 +1,300 @@
+"""The builder: architecture, arguments, weights files, saving, mixed precision.
+
+These tests also run under `KERAS_BACKEND=jax` (see test_jax_backend.py).
+"""
+
+import numpy as np
+import pytest
+
+import keras
+
+from keras_xception import Xception, architecture, preprocess_input
+from keras_xception.preprocessing import load_image
+from tests import realweights
+
+TOP_PARAMS = 22_910_480
+NOTOP_PARAMS = 20_861_480
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """`keras.applications.Xception` with a top, random weights."""
+    return keras.applications.Xception(weights=None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Xception(weights=None)
+
+
+@pytest.fixture
+def channels_first():
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    yield
+    keras.config.set_image_data_format(previous)
+
+
+@pytest.fixture
+def policy():
+    """Restores the global dtype policy after a test changes it."""
+    previous = keras.config.dtype_policy()
+    yield keras.config.set_dtype_policy
+    keras.config.set_dtype_policy(previous)
+
+
+def _photos(paths, size=299):
+    return preprocess_input(np.stack([load_image(p, (size, size)) for p in paths]))
+
+
+def _top_arrays(seed=0, classes=1000):
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(0, 0.02, (architecture.FEATURES, classes)).astype("float32")
+    bias = rng.normal(0, 0.1, (classes,)).astype("float32")
+    return [kernel, bias]
+
+
+# --- architecture -----------------------------------------------------------
+
+
+def test_parameter_counts_match_reference_and_architecture_table(model, reference):
+    assert model.count_params() == TOP_PARAMS == reference.count_params()
+    assert architecture.count_params(True) == TOP_PARAMS
+    notop = Xception(include_top=False, weights=None)
+    assert notop.count_params() == NOTOP_PARAMS == architecture.count_params(False)
+
+
+def test_every_keras_named_layer_exists_in_the_same_order(model, reference):
+    ours = [(layer.name, type(layer).__name__) for layer in model.layers]
+    theirs = [(layer.name, type(layer).__name__) for layer in reference.layers]
+    assert [kind for _, kind in ours] == [kind for _, kind in theirs]
+    auto = ("input_layer", "conv2d", "batch_normalization", "add")
+    for (name, _), (ref_name, _) in zip(ours, theirs):
+        if not ref_name.startswith(auto):
+            assert name == ref_name
+    names = {name for name, _ in ours}
+    for i in (2, 3, 4, 13):
+        assert {f"block{i}_residual_conv", f"block{i}_residual_bn"} <= names
+
+
+def test_weighted_layers_follow_the_architecture_table(model):
+    weighted = [layer for layer in model.layers if layer.weights]
+    layout = architecture.weight_layout(True)
+    assert [layer.name for layer in weighted] == [e.name for e in layout]
+    for layer, entry in zip(weighted, layout):
+        assert type(layer).__name__ == entry.kind
+        assert tuple(tuple(w.shape) for w in layer.weights) == entry.shapes
+
+
+def test_layer_names_do_not_depend_on_what_was_built_before():
+    first = [layer.name for layer in Xception(include_top=False, weights=None).layers]
+    second = [layer.name for layer in Xception(include_top=False, weights=None).layers]
+    assert first[1:] == second[1:]  # all but the auto-named input layer
+
+
+def test_same_weights_give_the_same_outputs_as_keras(model, reference):
+    rng = np.random.default_rng(0)
+    values = []
+    for w in reference.weights:
+        v = rng.normal(0, 0.05, w.shape)
+        if "variance" in w.path:
+            v = np.abs(v) + 1.0
+        values.append(v.astype("float32"))
+    reference.set_weights(values)
+    model.set_weights(values)
+    x = rng.uniform(-1, 1, (2, 299, 299, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(x)),
+        keras.ops.convert_to_numpy(reference(x)),
+        atol=1e-5,
+    )
+
+
+# --- shapes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "input_shape, pooling, expected",
+    [
+        ((71, 71, 3), None, (3, 3, 2048)),
+        ((71, 71, 3), "avg", (2048,)),
+        ((96, 128, 1), "max", (2048,)),
+        ((None, None, 3), None, (None, None, 2048)),
+        ((None, None, 1), "avg", (2048,)),
+        ((150, 150, 4), None, (5, 5, 2048)),
+    ],
+)
+def test_feature_shapes(input_shape, pooling, expected):
+    m = Xception(include_top=False, weights=None, input_shape=input_shape, pooling=pooling)
+    assert m.output_shape == (None, *expected)
+    concrete = tuple(d or 80 for d in input_shape)
+    out = m.predict(np.zeros((2, *concrete), "float32"), verbose=0)
+    assert out.shape[0] == 2 and out.shape[-1] == 2048
+
+
+def test_default_no_top_input_is_free_size():
+    m = Xception(include_top=False, weights=None)
+    assert m.input_shape == (None, None, None, 3)
+
+
+def test_top_with_custom_classes_and_logits():
+    m = Xception(
+        weights=None, input_shape=(71, 71, 1), classes=7, classifier_activation=None
+    )
+    assert m.output_shape == (None, 7)
+    out = m.predict(np.ones((3, 71, 71, 1), "float32"), verbose=0)
+    assert out.shape == (3, 7)
+    assert not np.allclose(out.sum(axis=1), 1.0)  # logits, not probabilities
+
+
+def test_channels_first(channels_first):
+    m = Xception(include_top=False, weights=None, input_shape=(3, 71, 71), pooling=None)
+    assert m.output_shape == (None, 2048, 3, 3)
+    t = Xception(weights=None, input_shape=(1, 72, 80), classes=4)
+    assert t.input_shape == (None, 1, 72, 80)
+    assert Xception(include_top=False, weights=None).input_shape == (None, 3, None, None)
+
+
+def test_channels_first_runs_where_the_backend_has_nchw_kernels(channels_first):
+    """TensorFlow's CPU convolutions are NHWC-only; JAX (and TF on GPU) run NCHW."""
+    t = Xception(weights=None, input_shape=(1, 72, 80), classes=4)
+    x = np.zeros((1, 1, 72, 80), "float32")
+    if keras.backend.backend() == "tensorflow" and not _has_gpu():
+        with pytest.raises(Exception, match="NHWC"):
+            t.predict(x, verbose=0)
+    else:
+        assert t.predict(x, verbose=0).shape == (1, 4)
+
+
+def _has_gpu():
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def test_input_tensor_is_honoured():
+    inputs = keras.Input((80, 80, 3), name="my_images")
+    m = Xception(include_top=False, weights=None, input_tensor=inputs, pooling="avg")
+    assert m.inputs[0] is inputs
+    assert m.output_shape == (None, 2048)
+
+
+# --- bad arguments ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(pooling="median", include_top=False), "pooling='median'"),
+        (dict(weights="no/such/file.h5"), "weights='no/such/file.h5'"),
+        (dict(weights="imagenet", classes=10), "classes=10"),
+        (dict(weights=None, classes=0), "classes=0"),
+        (dict(weights="imagenet", input_shape=(224, 224, 3)), "(299, 299, 3)"),
+        (dict(weights="imagenet", include_top=False, input_shape=(150, 150, 1)), "3 channels"),
+        (dict(weights=None, include_top=False, input_shape=(70, 100, 3)), "at least 71x71"),
+        (dict(weights=None, include_top=False, input_shape=(100, 100)), "three integers"),
+        (dict(weights=None, input_shape=(None, None, 3)), "static"),
+        (dict(weights="imagenet", classifier_activation="relu"), "classifier_activation"),
+        (dict(weights=None, classifier_activation="no_such_fn"), "no_such_fn"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_value(kwargs, fragment, keras_home):
+    # keras_home makes any download attempt fail: every check runs first.
+    with pytest.raises(ValueError) as info:
+        Xception(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_any_activation_is_allowed_without_pretrained_weights():
+    m = Xception(weights=None, input_shape=(71, 71, 3), classes=3, classifier_activation="sigmoid")
+    out = m.predict(np.zeros((1, 71, 71, 3), "float32"), verbose=0)
+    assert np.all((out > 0) & (out < 1))
+
+
+# --- weights files ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_photos():
+    return _photos(realweights.photos()[:3])
+
+
+@pytest.fixture(scope="module")
+def reference_features(imagenet_notop_arrays, real_photos):
+    ref = keras.applications.Xception(weights=None, include_top=False, pooling="avg")
+    for layer, values in zip(
+        [layer for layer in ref.layers if layer.weights], imagenet_notop_arrays
+    ):
+        layer.set_weights(values)
+    return keras.ops.convert_to_numpy(ref(real_photos))
+
+
+@pytest.mark.parametrize("kind", ["legacy", "keras3"])
+def test_real_weights_load_and_match_keras_applications(
+    kind, imagenet_notop_files, real_photos, reference_features
+):
+    m = Xception(include_top=False, weights=str(imagenet_notop_files[kind]), pooling="avg")
+    features = keras.ops.convert_to_numpy(m(real_photos))
+    assert features.shape == (3, 2048)
+    assert features.std() > 0.1  # real features, not zeros
+    np.testing.assert_allclose(features, reference_features, atol=1e-5)
+
+
+def test_weights_file_saved_from_this_package_round_trips(tmp_path, imagenet_notop_files, real_photos):
+    m = Xception(include_top=False, weights=imagenet_notop_files["legacy"], pooling="max")
+    path = tmp_path / "mine.weights.h5"
+    m.save_weights(path)
+    again = Xception(include_top=False, weights=path, pooling="max")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(again(real_photos)),
+        keras.ops.convert_to_numpy(m(real_photos)),
+    )
+
+
+def test_with_top_file_into_no_top_model_says_so(tmp_path, imagenet_notop_arrays):
+    path = tmp_path / "xception_with_top.h5"
+    realweights.write_legacy_h5(path, imagenet_notop_arrays + [_top_arrays()], include_top=True)
+    with pytest.raises(ValueError, match="top"):
+        Xception(include_top=False, weights=path)
+    # ... and the same file loads into a model with a top.
+    m = Xception(include_top=True, weights=path)
+    np.testing.assert_array_equal(m.get_layer("predictions").get_weights()[1], _top_arrays()[1])
+
+
+def test_no_top_file_into_top_model_says_so(imagenet_notop_files):
+    with pytest.raises(ValueError, match="top"):
+        Xception(include_top=True, weights=imagenet_notop_files["legacy"])
+
+
+def test_another_architectures_file_is_refused(tmp_path):
+    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    with pytest.raises(ValueError) as info:
+        Xception(include_top=False, weights=path)
+    assert "xception" in str(info.value).lower()
+
+
+# --- saving and mixed precision -----------------------------------------------
+
+
+def test_keras_file_reloads_without_custom_objects(tmp_path):
+    m = Xception(weights=None, input_shape=(71, 71, 3), classes=5)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 71, 71, 3)).astype("float32")
+    path = tmp_path / "model.keras"
+    m.save(path)
+    again = keras.saving.load_model(path)
+    assert [layer.name for layer in again.layers] == [layer.name for layer in m.layers]
+    np.testing.assert_allclose(
+        again.predict(x, verbose=0), m.predict(x, verbose=0), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_probabilities_are_float32_and_sum_to_one(name, policy):
+    policy(name)
+    m = Xception(weights=None, input_shape=(71, 71, 3), classes=10)
+    assert m.get_layer("block1_conv1").compute_dtype == name.split("_")[1]
+    out = m(np.random.default_rng(0).uniform(-1, 1, (2, 71, 71, 3)).astype("float32"))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out).sum(axis=1), 1.0, atol=1e-5)
