@@ -1,0 +1,126 @@
+"""Where weight files are cached, and the environment variables that steer it.
+
+The cache is the one `keras.applications` uses, so a user who already has the
+official files downloads nothing:
+
+- `<cache_dir>/models` when `cache_dir` is given (as `keras.utils.get_file`
+  reads its `cache_dir` argument);
+- else `$KERAS_HOME/models`;
+- else `~/.keras/models`, or `/tmp/.keras/models` when the home folder is not
+  writable.
+
+When that folder is not writable either, files are looked up there first and
+then in `/tmp/.keras/models`, where new downloads go, as Keras falls back.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+from keras_xception.errors import WeightsError
+
+OFFLINE_ENV = "KERAS_XCEPTION_OFFLINE"
+MIRROR_ENV = "KERAS_XCEPTION_WEIGHTS_URL"
+SUBDIR = "models"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def _tmp_root() -> pathlib.Path:
+    return pathlib.Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
+
+
+def _writable(path: pathlib.Path) -> bool:
+    """Whether `path` can be written, or created under its nearest parent."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate.is_dir() and os.access(candidate, os.W_OK)
+    return False
+
+
+def keras_home() -> pathlib.Path:
+    """Keras's home folder: `$KERAS_HOME`, else `~/.keras` (or `/tmp/.keras`)."""
+    if "KERAS_HOME" in os.environ:
+        return pathlib.Path(os.environ["KERAS_HOME"]).expanduser()
+    home = pathlib.Path("~").expanduser()
+    if not os.access(home, os.W_OK):
+        home = _tmp_root()
+    return home / ".keras"
+
+
+def cache_dirs(cache_dir: str | os.PathLike | None = None) -> tuple[pathlib.Path, ...]:
+    """The folders searched for cached files, the one downloads go to last.
+
+    Args:
+        cache_dir: Base folder; files live in its `models` subfolder. `None`
+            uses Keras's home folder.
+
+    Returns:
+        One folder, or two when the first is not writable: then new files
+        go to `/tmp/.keras/models`.
+    """
+    base = pathlib.Path(cache_dir).expanduser() if cache_dir else keras_home()
+    primary = base / SUBDIR
+    if _writable(primary):
+        return (primary,)
+    fallback = _tmp_root() / ".keras" / SUBDIR
+    return (primary,) if fallback == primary else (primary, fallback)
+
+
+def download_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """The folder new downloads are written to (not created here)."""
+    return cache_dirs(cache_dir)[-1]
+
+
+def cached_files(
+    fname: str, cache_dir: str | os.PathLike | None = None
+) -> list[pathlib.Path]:
+    """Existing cached copies of `fname`, in lookup order."""
+    return [
+        folder / fname for folder in cache_dirs(cache_dir) if (folder / fname).is_file()
+    ]
+
+
+def offline() -> bool:
+    """Whether `KERAS_XCEPTION_OFFLINE` forbids network access.
+
+    Raises:
+        WeightsError: If the variable holds something other than a yes/no
+            value, rather than guessing what was meant.
+    """
+    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise WeightsError(
+        f"{OFFLINE_ENV} must be 1 (never use the network) or 0. "
+        f"Received: {OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r}"
+    )
+
+
+def mirror_base() -> str | None:
+    """The base URL in `KERAS_XCEPTION_WEIGHTS_URL`, or `None` when unset.
+
+    Raises:
+        WeightsError: If the variable is set to something other than an
+            http(s) URL.
+    """
+    base = os.environ.get(MIRROR_ENV, "").strip()
+    if not base:
+        return None
+    if not base.startswith(("http://", "https://")):
+        raise WeightsError(
+            f"{MIRROR_ENV} must be an http:// or https:// base URL that the "
+            f"weight file names are appended to. Received: {MIRROR_ENV}={base!r}"
+        )
+    return base.rstrip("/") + "/"
+
+
+def mirror_url(fname: str) -> str | None:
+    """The mirror URL of `fname` when `KERAS_XCEPTION_WEIGHTS_URL` is set."""
+    base = mirror_base()
+    return None if base is None else base + fname

@@ -1,0 +1,168 @@
+"""`keras-xception weights download | verify | path` through the real dispatcher.
+
+Only the `weights` subcommand is registered, so these tests do not depend on
+the other subcommands' modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from keras_xception import cli
+from keras_xception.weights import registry
+from tests.weights_files import h5_bytes, md5, xception_legacy
+from tests.weights_server import Server
+
+NOTOP = registry.get(False)
+TOP = registry.get(True)
+
+
+@pytest.fixture
+def run(monkeypatch, capsys):
+    """Runs the command line; returns (exit status, stdout, stderr)."""
+    monkeypatch.setattr(cli, "COMMANDS", ("weights",))
+
+    def invoke(*argv):
+        status = cli.main(["weights", *map(str, argv)])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return invoke
+
+
+@pytest.fixture
+def online(keras_home, monkeypatch):
+    """conftest's private cache, with downloads allowed from 127.0.0.1 only."""
+    monkeypatch.delenv("KERAS_XCEPTION_OFFLINE")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    return keras_home / "models"
+
+
+def with_md5(monkeypatch, include_top, digest):
+    """Replaces the registry md5 of one variant, for a file we can serve."""
+    monkeypatch.setattr(
+        registry,
+        "WEIGHTS",
+        tuple(
+            dataclasses.replace(e, md5=digest) if e.include_top == include_top else e
+            for e in registry.WEIGHTS
+        ),
+    )
+
+
+def test_path_on_an_empty_cache_lists_both_files_as_missing(run, keras_home):
+    status, out, err = run("path")
+    assert status == 0 and err == ""
+    assert f"cache: {keras_home / 'models'}" in out
+    assert out.count("missing") == 2
+    assert TOP.fname in out and NOTOP.fname in out
+    assert "offline (KERAS_XCEPTION_OFFLINE): yes" in out
+
+
+def test_path_reports_ok_and_hash_mismatch(run, keras_home, monkeypatch, tmp_path):
+    folder = keras_home / "models"
+    folder.mkdir()
+    good = xception_legacy(folder / NOTOP.fname, include_top=False)
+    with_md5(monkeypatch, False, md5(good.read_bytes()))
+    (folder / TOP.fname).write_bytes(h5_bytes())
+    status, out, _ = run("path")
+    assert status == 1
+    assert f"{good}: ok (md5 verified)" in out
+    assert f"hash mismatch: md5 {md5(h5_bytes())}, expected {TOP.md5}" in out
+
+
+def test_verify_good_file(run, imagenet_notop_files):
+    status, out, err = run("verify", imagenet_notop_files["keras3"], "--no-top")
+    assert status == 0 and err == ""
+    assert out.startswith(f"ok: {imagenet_notop_files['keras3']}")
+    assert "without the classifier top" in out
+
+
+def test_verify_checks_the_published_md5_of_an_official_file_name(
+    run, imagenet_notop_files
+):
+    # The test file has the official name but not the official bytes.
+    status, _, err = run("verify", imagenet_notop_files["legacy"])
+    assert status == 1
+    assert f"expected {NOTOP.md5}" in err
+
+
+def test_verify_with_explicit_hash(run, imagenet_notop_files):
+    path = imagenet_notop_files["legacy"]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    status, out, _ = run("verify", path, "--hash", digest)
+    assert status == 0
+    assert f"digest matches the given one: {digest}" in out
+
+
+def test_verify_wrong_variant_prints_one_line_error(run, imagenet_notop_files):
+    status, out, err = run("verify", imagenet_notop_files["keras3"], "--include-top")
+    assert status == 1 and out == ""
+    assert err.startswith("error: ") and "this file has no classifier top" in err
+    assert "Traceback" not in err
+
+
+def test_verify_html_file(run, tmp_path):
+    page = tmp_path / "w.h5"
+    page.write_text("<html><body>Please log in</body></html>")
+    status, _, err = run("verify", page)
+    assert status == 1 and "an HTML page" in err
+
+
+def test_download_offline_fails_naming_file_and_url(run, keras_home):
+    status, out, err = run("download", "--all")
+    assert status == 1 and out == ""
+    assert "KERAS_XCEPTION_OFFLINE=1" in err and TOP.urls[0] in err
+
+
+def test_download_from_mirror(run, online, monkeypatch, tmp_path):
+    body = xception_legacy(tmp_path / "src.h5", include_top=False).read_bytes()
+    with_md5(monkeypatch, False, md5(body))
+    with Server() as server:
+        server.add(NOTOP.fname, body)
+        monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", server.base)
+        status, out, err = run("download", "--no-top", "--no-progress")
+    assert status == 0, err
+    assert out.strip() == str(online / NOTOP.fname)
+    assert (online / NOTOP.fname).read_bytes() == body
+
+
+def test_download_hash_mismatch_exits_1(run, online, monkeypatch):
+    with Server() as server:
+        server.add(TOP.fname, h5_bytes())
+        monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", server.base)
+        status, out, err = run("download", "--no-progress")  # Default: --include-top.
+    assert status == 1
+    assert f"expected {TOP.md5}" in err and md5(h5_bytes()) in err
+    assert not (online / TOP.fname).exists()
+
+
+def test_variant_flags_are_exclusive(run):
+    with pytest.raises(SystemExit) as exit_info:
+        run("download", "--no-top", "--all")
+    assert exit_info.value.code == 2
+
+
+def test_weights_command_imports_neither_keras_nor_tensorflow():
+    code = (
+        "import sys; from keras_xception.cli import weights, main;"
+        "import keras_xception.weights.validate, keras_xception.weights.downloader;"
+        "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,439 @@
+"""The downloader against a real local HTTP server that injects faults.
+
+Nothing here touches the network: every URL is on 127.0.0.1, the cache is a
+temporary folder, and proxies are bypassed for the local server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from keras_xception.weights import (
+    CachedFileWarning,
+    WeightsError,
+    download,
+    fetch,
+    registry,
+)
+from tests.weights_files import h5_bytes, md5
+from tests.weights_server import Cut, Server, Stall, Status
+
+FNAME = "payload.h5"
+
+
+@pytest.fixture
+def payload():
+    return h5_bytes()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    with Server() as running:
+        yield running
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private KERAS_HOME with the network allowed; returns its models folder."""
+    home = tmp_path / "keras_home"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.delenv("KERAS_XCEPTION_OFFLINE", raising=False)
+    monkeypatch.delenv("KERAS_XCEPTION_WEIGHTS_URL", raising=False)
+    return home / "models"
+
+
+def leftovers(folder: pathlib.Path) -> list[str]:
+    """Files in the cache folder other than lock files."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def get(url, data, **kwargs):
+    kwargs.setdefault("progress", False)
+    return download(url, file_hash=md5(data), **kwargs)
+
+
+# Retries and resuming.
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_retries_with_backoff_after_503_or_429(server, cache, payload, status):
+    url = server.add(FNAME, payload, faults=[Status(status), Status(status)])
+    start = time.monotonic()
+    path = get(url, payload)
+    assert path == cache / FNAME
+    assert path.read_bytes() == payload
+    assert len(server.hits(FNAME)) == 3
+    assert time.monotonic() - start >= 1.4  # Waited 0.5 s, then 1 s.
+    assert leftovers(cache) == [FNAME]
+
+
+def test_gives_up_after_retries_naming_the_status(server, cache, payload):
+    url = server.add(FNAME, payload, faults=[Status(503)] * 3)
+    with pytest.raises(WeightsError, match=r"HTTP 503.*after 2 attempts") as err:
+        get(url, payload, retries=1)
+    assert url in str(err.value)
+    assert len(server.hits(FNAME)) == 2
+
+
+def test_connection_cut_mid_body_resumes_with_range(server, cache, payload):
+    url = server.add(FNAME, payload, faults=[Cut(100_000)])
+    path = get(url, payload, retries=0)  # Resuming does not use up a retry.
+    assert path.read_bytes() == payload
+    first, second = server.hits(FNAME)
+    assert "Range" not in first
+    assert second["Range"] == "bytes=100000-"
+    assert leftovers(cache) == [FNAME]
+
+
+def test_server_that_ignores_range_is_downloaded_again_from_the_start(
+    server, cache, payload
+):
+    url = server.add(FNAME, payload, faults=[Cut(100_000)], honor_range=False)
+    path = get(url, payload)
+    assert path.read_bytes() == payload
+    assert server.hits(FNAME)[1]["Range"] == "bytes=100000-"
+
+
+def test_stalled_server_raises_within_the_timeout(server, cache, payload):
+    url = server.add(FNAME, payload, faults=[Stall()])
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match="timed out"):
+        get(url, payload, timeout=1, retries=0)
+    assert time.monotonic() - start < 3
+    assert leftovers(cache) == []
+
+
+def test_stall_then_success_on_retry(server, cache, payload):
+    url = server.add(FNAME, payload, faults=[Stall()])
+    path = get(url, payload, timeout=1, retries=1)
+    assert path.read_bytes() == payload
+
+
+# Clear errors.
+
+
+def test_html_page_says_so(server, cache, payload):
+    page = b"<!DOCTYPE html>\n<html><body><form>Sign in</form></body></html>"
+    url = server.add(FNAME, page, content_type="text/html")
+    with pytest.raises(WeightsError, match="HTML page came back") as err:
+        download(url, cache_dir=cache.parent, progress=False)
+    assert "login or proxy page" in str(err.value)
+    assert leftovers(cache) == []
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_404_and_403_name_the_url_and_status_without_retrying(server, cache, status):
+    url = server.url("missing.h5")
+    if status == 403:
+        server.add("missing.h5", b"", faults=[Status(403)])
+    with pytest.raises(WeightsError, match=f"HTTP {status}") as err:
+        download(url, progress=False)
+    assert url in str(err.value)
+    assert len(server.hits("missing.h5")) == 1
+    assert leftovers(cache) == []
+
+
+def test_wrong_hash_gives_both_digests_and_keeps_nothing(server, cache, payload):
+    url = server.add(FNAME, payload)
+    expected = "0" * 32
+    with pytest.raises(WeightsError) as err:
+        download(url, file_hash=expected, progress=False)
+    message = str(err.value)
+    assert expected in message and md5(payload) in message
+    assert "Try again" in message
+    assert leftovers(cache) == []
+
+
+def test_sha256_is_accepted(server, cache, payload):
+    url = server.add(FNAME, payload)
+    path = download(url, file_hash=hashlib.sha256(payload).hexdigest(), progress=False)
+    assert path.read_bytes() == payload
+
+
+def test_malformed_hash_is_rejected_before_any_request(server, cache, payload):
+    url = server.add(FNAME, payload)
+    with pytest.raises(WeightsError, match="md5 .* or sha256"):
+        download(url, file_hash="abc", progress=False)
+    assert server.requests == []
+
+
+FAILURES = {
+    "404": dict(path="absent.h5"),
+    "html": dict(body=b"<html><body>proxy login</body></html>"),
+    "not hdf5": dict(body=b"just some bytes, no HDF5 signature" * 10),
+    "wrong hash": dict(file_hash="f" * 32),
+    "stall": dict(faults=[Stall()]),
+    "503 forever": dict(faults=[Status(503)] * 5),
+    "cut, then 500": dict(faults=[Cut(50_000), Status(500)]),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_nothing_is_left_at_the_final_path_after_a_failure(
+    server, cache, payload, failure
+):
+    spec = FAILURES[failure]
+    body = spec.get("body", payload)
+    url = server.add(FNAME, body, faults=spec.get("faults", ()))
+    if "path" in spec:
+        url = server.url(spec["path"])
+    with pytest.raises(WeightsError):
+        download(
+            url,
+            fname=FNAME,
+            file_hash=spec.get("file_hash", md5(body)),
+            timeout=1,
+            retries=0,
+            progress=False,
+        )
+    assert not (cache / FNAME).exists()
+    assert leftovers(cache) == []
+
+
+# The cache.
+
+
+def test_cached_file_is_used_without_touching_the_network(server, cache, payload):
+    url = server.add(FNAME, payload)
+    first = get(url, payload)
+    server.close()
+    assert get(url, payload) == first
+    assert len(server.hits(FNAME)) == 1
+
+
+def test_cached_file_with_a_wrong_hash_is_reported_and_downloaded_again(
+    server, cache, payload
+):
+    cache.mkdir(parents=True)
+    (cache / FNAME).write_bytes(h5_bytes(seed=1))
+    url = server.add(FNAME, payload)
+    with pytest.warns(CachedFileWarning, match=md5(payload)):
+        path = get(url, payload)
+    assert path.read_bytes() == payload
+
+
+def test_truncated_cached_file_without_hash_is_downloaded_again(server, cache, payload):
+    cache.mkdir(parents=True)
+    (cache / FNAME).write_bytes(payload[: len(payload) // 2])
+    url = server.add(FNAME, payload)
+    with pytest.warns(CachedFileWarning, match="truncated"):
+        path = download(url, progress=False)
+    assert path.read_bytes() == payload
+
+
+def test_cache_dir_argument_uses_its_models_subfolder(server, tmp_path, payload):
+    url = server.add(FNAME, payload)
+    path = get(url, payload, cache_dir=tmp_path / "base")
+    assert path == tmp_path / "base" / "models" / FNAME
+
+
+def test_progress_off_prints_nothing(server, cache, payload, capsys):
+    get(server.add(FNAME, payload), payload, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_bar_shows_bytes(server, cache, payload, capsys):
+    get(server.add(FNAME, payload), payload, progress=True)
+    out = capsys.readouterr().out
+    assert f"{len(payload)}/{len(payload)}" in out
+
+
+def test_four_processes_end_with_one_verified_file(server, cache, tmp_path):
+    payload = h5_bytes(size=2_000_000)
+    # Served slowly (about 1 s), so that the four downloads overlap.
+    url = server.add(FNAME, payload, chunk_delay=0.03)
+    go = tmp_path / "go"
+    script = textwrap.dedent(
+        f"""
+        import os, pathlib, sys, time
+        from keras_xception.weights import download
+        pathlib.Path(sys.argv[1]).touch()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        print(download({url!r}, file_hash={md5(payload)!r}, progress=False))
+        """
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(flag)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    deadline = time.monotonic() + 30
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    go.touch()
+    results = [worker.communicate(timeout=60) for worker in workers]
+    for worker, (out, err) in zip(workers, results):
+        assert worker.returncode == 0, err
+        assert out.strip() == str(cache / FNAME)
+    assert (cache / FNAME).read_bytes() == payload
+    assert leftovers(cache) == [FNAME]
+    assert len(server.hits(FNAME)) == 1  # The others waited for the lock.
+
+
+# Offline mode and the mirror.
+
+
+@pytest.fixture
+def offline(cache, monkeypatch):
+    monkeypatch.setenv("KERAS_XCEPTION_OFFLINE", "1")
+    return cache
+
+
+def test_offline_with_empty_cache_fails_at_once_naming_file_path_and_url(
+    server, offline, payload
+):
+    url = server.add(FNAME, payload)
+    with pytest.raises(WeightsError) as err:
+        get(url, payload)
+    message = str(err.value)
+    assert "KERAS_XCEPTION_OFFLINE=1" in message
+    assert str(offline / FNAME) in message and url in message
+    assert server.requests == []
+
+
+def test_offline_with_a_bad_cached_file_fails_instead_of_using_it(
+    server, offline, payload
+):
+    offline.mkdir(parents=True)
+    (offline / FNAME).write_bytes(h5_bytes(seed=1))
+    url = server.add(FNAME, payload)
+    with pytest.raises(WeightsError, match="unusable") as err:
+        get(url, payload)
+    assert md5(payload) in str(err.value)
+    assert server.requests == []
+
+
+def test_offline_with_a_good_cached_file_returns_it(server, offline, payload):
+    offline.mkdir(parents=True)
+    (offline / FNAME).write_bytes(payload)
+    assert get(server.url(FNAME), payload) == offline / FNAME
+
+
+def test_offline_value_must_be_yes_or_no(server, cache, payload, monkeypatch):
+    monkeypatch.setenv("KERAS_XCEPTION_OFFLINE", "maybe")
+    with pytest.raises(WeightsError, match="KERAS_XCEPTION_OFFLINE must be 1"):
+        get(server.url(FNAME), payload)
+
+
+def test_fetch_from_mirror_rejects_a_file_that_fails_the_registry_md5(
+    server, cache, payload, monkeypatch
+):
+    entry = registry.get(include_top=False)
+    server.add(entry.fname, payload)
+    monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", server.base)
+    with pytest.raises(WeightsError) as err:
+        fetch(include_top=False, progress=False)
+    message = str(err.value)
+    assert entry.md5 in message and md5(payload) in message
+    assert server.hits(entry.fname)  # The mirror was used, not the official URL.
+    assert leftovers(cache) == []
+
+
+@pytest.fixture
+def registry_matching(monkeypatch, payload):
+    """The registry, with the no-top entry's md5 replaced by the payload's."""
+    entries = tuple(
+        dataclasses.replace(e, md5=md5(payload)) if not e.include_top else e
+        for e in registry.WEIGHTS
+    )
+    monkeypatch.setattr(registry, "WEIGHTS", entries)
+    return registry.get(include_top=False)
+
+
+def test_fetch_downloads_from_the_mirror_into_the_keras_cache(
+    server, cache, payload, registry_matching, monkeypatch
+):
+    server.add(registry_matching.fname, payload)
+    monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", server.base)
+    path = fetch(include_top=False, progress=False)
+    assert path == cache / registry_matching.fname
+    assert path.read_bytes() == payload
+    assert fetch(include_top=False, progress=False) == path
+    assert len(server.hits(registry_matching.fname)) == 1
+
+
+def test_fetch_offline_names_the_official_url(offline):
+    entry = registry.get(include_top=True)
+    with pytest.raises(WeightsError) as err:
+        fetch(include_top=True, progress=False)
+    assert entry.urls[0] in str(err.value)
+    assert str(offline / entry.fname) in str(err.value)
+
+
+def test_fetch_tries_the_next_url_and_reports_each(
+    server, cache, payload, registry_matching, monkeypatch
+):
+    first, second = (
+        server.url("gone/" + registry_matching.fname),
+        server.url("ok/" + registry_matching.fname),
+    )
+    server.add("ok/" + registry_matching.fname, payload)
+    entries = tuple(
+        dataclasses.replace(e, urls=(first, second)) if e is registry_matching else e
+        for e in registry.WEIGHTS
+    )
+    monkeypatch.setattr(registry, "WEIGHTS", entries)
+    assert fetch(include_top=False, progress=False).read_bytes() == payload
+    monkeypatch.setattr(
+        registry,
+        "WEIGHTS",
+        tuple(dataclasses.replace(e, urls=(first, first)) for e in entries),
+    )
+    (cache / registry_matching.fname).unlink()
+    with pytest.raises(WeightsError, match="any of its 2 URLs") as err:
+        fetch(include_top=False, progress=False)
+    assert str(err.value).count("HTTP 404") == 2
+
+
+def test_mirror_must_be_an_http_url(cache, monkeypatch):
+    monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", "/srv/weights")
+    with pytest.raises(WeightsError, match="KERAS_XCEPTION_WEIGHTS_URL must be"):
+        fetch(include_top=False, progress=False)
+
+
+def test_registry_parameter_counts_match_the_architecture():
+    from keras_xception import architecture
+
+    for entry in registry.WEIGHTS:
+        assert entry.params == architecture.count_params(entry.include_top)
+
+
+def test_registry_declares_each_variant_once_with_official_and_github_urls():
+    assert sorted(e.include_top for e in registry.WEIGHTS) == [False, True]
+    for entry in registry.WEIGHTS:
+        assert entry.urls[0].startswith("https://storage.googleapis.com/")
+        assert "fchollet/deep-learning-models/releases/download/v0.4/" in entry.urls[1]
+        assert all(url.endswith("/" + entry.fname) for url in entry.urls)
+        assert entry.file_hash == entry.md5 and entry.sha256 is None
+
+
+def test_committed_manifest_matches_the_registry():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    manifest = (root / "weights" / "manifest.json").read_text(encoding="utf8")
+    assert manifest == registry.manifest_json()
+    readme = (root / "weights" / "README.md").read_text(encoding="utf8")
+    assert registry.manifest_table() in readme

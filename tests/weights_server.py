@@ -1,0 +1,167 @@
+"""A local HTTP server for the downloader tests, with injectable faults.
+
+The server runs the standard library's `http.server` in a thread on
+127.0.0.1 and a free port. Each path serves a body; a queue of faults is
+consumed one per request before the body is served normally:
+
+    server.add("/w.h5", body, faults=[Status(503), Status(503)])
+
+Every request's path and headers are recorded in `server.requests`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import socket
+import threading
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """Answer with this HTTP status and a short body."""
+
+    code: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """Send the headers and `at` bytes of the body, then drop the connection."""
+
+    at: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stall:
+    """Accept the request and send nothing until the server stops."""
+
+
+@dataclasses.dataclass
+class Route:
+    body: bytes
+    faults: list
+    content_type: str = "application/octet-stream"
+    honor_range: bool = True
+    chunk_delay: float = 0.0
+
+
+class Server:
+    """The running server; use as a context manager or call `close()`."""
+
+    def __init__(self):
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._release = threading.Event()
+        handler = _handler(self)
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def base(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def url(self, path: str) -> str:
+        return self.base + path.lstrip("/")
+
+    def add(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        faults=(),
+        content_type="application/octet-stream",
+        honor_range=True,
+        chunk_delay=0.0,
+    ) -> str:
+        """Serves `body` at `path` after the `faults`; returns the URL."""
+        self.routes["/" + path.lstrip("/")] = Route(
+            body, list(faults), content_type, honor_range, chunk_delay
+        )
+        return self.url(path)
+
+    def hits(self, path: str) -> list[dict[str, str]]:
+        """Headers of each request made for `path`."""
+        return [headers for p, headers in self.requests if p == "/" + path.lstrip("/")]
+
+    def close(self) -> None:
+        self._release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _handler(server: Server):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            server.requests.append((self.path, dict(self.headers)))
+            route = server.routes.get(self.path)
+            if route is None:
+                return self._status(404)
+            fault = route.faults.pop(0) if route.faults else None
+            if isinstance(fault, Status):
+                return self._status(fault.code, fault.headers)
+            if isinstance(fault, Stall):
+                server._release.wait()
+                return None
+            start = 0
+            wanted = self.headers.get("Range", "")
+            if (
+                route.honor_range
+                and wanted.startswith("bytes=")
+                and wanted.endswith("-")
+            ):
+                start = int(wanted[len("bytes=") : -1])
+            if start >= len(route.body) and start:
+                return self._status(416)
+            body = route.body[start:]
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if start:
+                total = len(route.body)
+                self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
+            self.end_headers()
+            if isinstance(fault, Cut):
+                self.wfile.write(body[: fault.at])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return None
+            for i in range(0, len(body), 1 << 16):
+                self.wfile.write(body[i : i + (1 << 16)])
+                if route.chunk_delay:
+                    time.sleep(route.chunk_delay)
+            return None
+
+        def _status(self, code, headers=()):
+            text = f"<html><body>error {code}</body></html>".encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(text)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(text)
+
+        def handle_one_request(self):
+            try:
+                super().handle_one_request()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+    return Handler
