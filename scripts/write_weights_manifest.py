@@ -1,4 +1,4 @@
-"""Writes weights/manifest.json and the file table in weights/README.md.
+"""Writes weights/manifest.json and the file tables in weights/README.md and README.md.
 
 Both are generated from `keras_xception.weights.registry`, the one place the
 weight files are declared; `tests/test_weights_download.py` fails when the
@@ -21,17 +21,18 @@ sys.path.insert(0, str(ROOT))
 from keras_xception.weights import registry  # noqa: E402
 
 MANIFEST = ROOT / "weights" / "manifest.json"
-README = ROOT / "weights" / "README.md"
+READMES = (ROOT / "weights" / "README.md", ROOT / "README.md")
 BEGIN = "<!-- BEGIN GENERATED TABLE: scripts/write_weights_manifest.py -->\n"
 END = "<!-- END GENERATED TABLE -->\n"
 
 
-def render_readme(text: str) -> str:
-    """`text` with the part between the markers replaced by the table."""
+def render_readme(path: pathlib.Path) -> str:
+    """`path`'s text with the part between the markers replaced by the table."""
+    text = path.read_text(encoding="utf8")
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(
-            f"{README} lacks the markers {BEGIN.strip()} ... {END.strip()}"
+            f"{path} lacks the markers {BEGIN.strip()} ... {END.strip()}"
         )
     return pattern.sub(lambda _: BEGIN + registry.manifest_table() + END, text)
 
@@ -42,10 +43,8 @@ def main(argv=None) -> int:
         "--check", action="store_true", help="exit 1 if a file is out of date"
     )
     args = parser.parse_args(argv)
-    wanted = {
-        MANIFEST: registry.manifest_json(),
-        README: render_readme(README.read_text(encoding="utf8")),
-    }
+    wanted = {MANIFEST: registry.manifest_json()}
+    wanted.update({path: render_readme(path) for path in READMES})
     stale = [
         path
         for path, text in wanted.items()
