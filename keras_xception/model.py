@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import operator
 import os
+import pathlib
+import tempfile
+import zipfile
 
 import keras
 from keras import layers
 
 from keras_xception import architecture
-from keras_xception.errors import ConfigError
+from keras_xception.errors import ConfigError, WeightsError
 
 POOLING_MODES = (None, "avg", "max")
 
@@ -41,7 +46,10 @@ def _check_arguments(include_top, weights, pooling, classes, classifier_activati
             "The `pooling` argument should be one of None, 'avg' or 'max'. "
             f"Received: pooling={pooling!r}"
         )
-    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+    # Without a top, `classes` is unused and Keras accepts any value.
+    if include_top and (
+        not isinstance(classes, int) or isinstance(classes, bool) or classes < 1
+    ):
         raise ConfigError(
             "The `classes` argument should be a positive integer. "
             f"Received: classes={classes!r}"
@@ -78,7 +86,9 @@ def _input_shape(input_shape, include_top, weights, data_format):
     channels_first = data_format == "channels_first"
     if input_shape is not None:
         try:
-            input_shape = tuple(None if d is None else int(d) for d in input_shape)
+            input_shape = tuple(
+                None if d is None else operator.index(d) for d in input_shape
+            )
         except (TypeError, ValueError):
             raise ConfigError(
                 "`input_shape` must be a tuple of three integers (or None for "
@@ -136,10 +146,16 @@ def _input_shape(input_shape, include_top, weights, data_format):
     return input_shape
 
 
-def _classifier_dtype():
-    """float32 under a mixed-precision policy, so probabilities sum to 1."""
+def classifier_dtype():
+    """float32 under a mixed-precision policy, so probabilities sum to 1.
+
+    Only mixed policies (float32 variables, 16-bit compute): under a plain
+    `float16` or `bfloat16` policy the layer follows it, as in Keras.
+    """
     policy = keras.config.dtype_policy()
-    if policy.compute_dtype in ("float16", "bfloat16"):
+    if policy.compute_dtype in ("float16", "bfloat16") and (
+        policy.variable_dtype == "float32"
+    ):
         return "float32"
     return None
 
@@ -247,8 +263,9 @@ def Xception(
         weights: One of `None` (random initialization), `"imagenet"`
             (pre-training on ImageNet, downloaded and verified by
             `keras_xception.weights`), the path to a weights file (an
-            official Keras 2 HDF5 file or a Keras 3 `.weights.h5` file), or
-            an http(s) URL of one.
+            official Keras 2 HDF5 file, a Keras 3 `.weights.h5` file, or a
+            `.keras` model file, whose weights are read), or an http(s) URL
+            of one.
         input_tensor: Optional Keras tensor (i.e. output of `keras.Input()`)
             to use as image input for the model.
         input_shape: Optional shape tuple, only to be specified if
@@ -291,7 +308,7 @@ def Xception(
         x = layers.Dense(
             classes,
             activation=classifier_activation,
-            dtype=_classifier_dtype(),
+            dtype=classifier_dtype(),
             name="predictions",
         )(x)
     elif pooling == "avg":
@@ -308,6 +325,32 @@ def Xception(
     if weights is not None:
         load_weights(model, weights, include_top=include_top)
     return model
+
+
+@contextlib.contextmanager
+def _weights_file(path):
+    """The HDF5 weights file for `path`, extracted from a `.keras` archive.
+
+    `keras.Model.load_weights` also reads the weights inside a `.keras`
+    model file, so `Xception(weights="model.keras")` does too.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        # Named after the archive, so validation errors point at it.
+        inner = pathlib.Path(tmp, path.name, "model.weights.h5")
+        inner.parent.mkdir()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                inner.write_bytes(archive.read("model.weights.h5"))
+        except (KeyError, zipfile.BadZipFile) as err:
+            raise WeightsError(
+                f"{path} is a zip archive without `model.weights.h5`, so not "
+                f"a `.keras` model file: {err}"
+            ) from None
+        yield inner
 
 
 def load_weights(model, weights, *, include_top):
@@ -335,8 +378,9 @@ def load_weights(model, weights, *, include_top):
     layout = architecture.weight_layout(
         include_top, classes=classes, channels=channels
     )
-    arrays = weights_lib.read_weights(
-        path, include_top=include_top, classes=classes, channels=channels
-    )
+    with _weights_file(path) as path:
+        arrays = weights_lib.read_weights(
+            path, include_top=include_top, classes=classes, channels=channels
+        )
     for entry, values in zip(layout, arrays):
         model.get_layer(entry.name).set_weights(values)

@@ -148,10 +148,13 @@ def _to_rgb(image):
 
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit and float grayscale: scale the value range to 8 bits
-        # instead of letting PIL clip everything above 255 to white.
+        # instead of letting PIL clip everything above 255 to white. The
+        # I;16 modes are 16-bit whatever their content (a dark image stays
+        # dark); for 32-bit "I" and "F" the values tell the range.
         array = np.asarray(image, dtype=np.float64)
         top = array.max() if array.size else 0.0
-        scale = 255.0 / (65535.0 if top > 255 else 255.0)
+        sixteen_bit = image.mode.startswith("I;16") or top > 255
+        scale = 255.0 / (65535.0 if sixteen_bit else 255.0)
         image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         # Palette images may carry transparency in the palette.
@@ -219,5 +222,5 @@ def load_image(path, target_size=(299, 299)):
             f"Cannot read {path!r}: it is not an image file in a format "
             "Pillow can decode."
         ) from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"Cannot read image {path!r}: {err}") from None

@@ -193,6 +193,7 @@ def test_input_tensor_is_honoured():
         (dict(weights="imagenet", include_top=False, input_shape=(150, 150, 1)), "3 channels"),
         (dict(weights=None, include_top=False, input_shape=(70, 100, 3)), "at least 71x71"),
         (dict(weights=None, include_top=False, input_shape=(100, 100)), "three integers"),
+        (dict(weights=None, include_top=False, input_shape=(71.5, 100, 3)), "71.5"),
         (dict(weights=None, input_shape=(None, None, 3)), "static"),
         (dict(weights="imagenet", classifier_activation="relu"), "classifier_activation"),
         (dict(weights=None, classifier_activation="no_such_fn"), "no_such_fn"),
@@ -203,6 +204,11 @@ def test_bad_arguments_raise_value_error_naming_the_value(kwargs, fragment, kera
     with pytest.raises(ValueError) as info:
         Xception(**kwargs)
     assert fragment in str(info.value)
+
+
+def test_classes_is_ignored_without_top_as_in_keras():
+    m = Xception(include_top=False, weights=None, input_shape=(71, 71, 3), classes=None)
+    assert m.output_shape == (None, 3, 3, 2048)
 
 
 def test_any_activation_is_allowed_without_pretrained_weights():
@@ -266,6 +272,19 @@ def test_no_top_file_into_top_model_says_so(imagenet_notop_files):
         Xception(include_top=True, weights=imagenet_notop_files["legacy"])
 
 
+def test_keras_model_file_loads_as_keras_load_weights_reads_it(tmp_path):
+    ref = keras.applications.Xception(weights=None, include_top=False, input_shape=(71, 71, 3))
+    path = tmp_path / "theirs.keras"
+    ref.save(path)
+    m = Xception(include_top=False, weights=path, input_shape=(71, 71, 3))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 71, 71, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(m(x)), keras.ops.convert_to_numpy(ref(x)), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="top"):
+        Xception(include_top=True, weights=path)
+
+
 def test_another_architectures_file_is_refused(tmp_path):
     other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(2)])
     path = tmp_path / "other.weights.h5"
@@ -298,3 +317,9 @@ def test_mixed_precision_probabilities_are_float32_and_sum_to_one(name, policy):
     out = m(np.random.default_rng(0).uniform(-1, 1, (2, 71, 71, 3)).astype("float32"))
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
     np.testing.assert_allclose(keras.ops.convert_to_numpy(out).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_plain_16_bit_policy_keeps_the_classifier_in_it_as_in_keras(policy):
+    policy("float16")
+    m = Xception(weights=None, input_shape=(71, 71, 3), classes=10)
+    assert keras.backend.standardize_dtype(m.get_layer("predictions").kernel.dtype) == "float16"

@@ -170,6 +170,9 @@ def test_grayscale_palette_cmyk_and_16_bit(tmp_path):
     np.testing.assert_allclose(load_image(_save(tmp_path, "d.png", deep), None), 255.0)
     half = Image.fromarray(np.full((10, 10), 32768, dtype=np.uint16))
     np.testing.assert_allclose(load_image(_save(tmp_path, "h.png", half), None), 127.0, atol=1)
+    # A dark 16-bit image stays dark: the scale follows the bit depth, not the content.
+    dark = Image.fromarray(np.full((10, 10), 200, dtype=np.uint16))
+    np.testing.assert_allclose(load_image(_save(tmp_path, "k.png", dark), None), 0.0, atol=1)
 
 
 def test_transparency_becomes_white(tmp_path):
@@ -191,7 +194,7 @@ def test_exif_rotation_is_applied(tmp_path):
     assert x[:15].mean() > 200 and x[25:].mean() < 50  # white half on top
 
 
-def test_missing_and_unreadable_files_name_the_path(tmp_path):
+def test_missing_and_unreadable_files_name_the_path(tmp_path, monkeypatch):
     missing = tmp_path / "nope.jpg"
     with pytest.raises(ImageError, match="nope.jpg"):
         load_image(missing)
@@ -203,6 +206,10 @@ def test_missing_and_unreadable_files_name_the_path(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:300])
     with pytest.raises(ImageError, match="cut.jpg"):
         load_image(truncated)
+    huge = _save(tmp_path, "huge.png", Image.new("RGB", (10, 10)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # a decompression bomb
+    with pytest.raises(ImageError, match="huge.png"):
+        load_image(huge)
 
 
 def test_bad_target_size(tmp_path):

@@ -1,0 +1,394 @@
+"""Benchmark: `optimize_for_inference` against `keras.applications.Xception`.
+
+Used by `scripts/benchmark.py` and `keras-xception benchmark`.
+
+What runs. Each contestant lives in its own worker process (`python -m
+keras_xception.benchmark --worker ...`), loaded and warmed up once; the parent
+then asks the workers in turn for one measurement round, so the contestants
+alternate and share the machine's noise:
+
+- `reference`: `keras.applications.Xception(weights=None).predict(x)`, Keras's
+  default settings (`batch_size` left to Keras), in the same runtime as the
+  candidate (same `TF_ENABLE_ONEDNN_OPTS`);
+- `reference-default` (TensorFlow only, when the candidate's runtime differs
+  from TensorFlow's default): the same model in a process with
+  `TF_ENABLE_ONEDNN_OPTS` unset, which is what a user of plain Keras gets;
+  ratios against it are end to end (package + runtime choice);
+- `fast`: `optimize_for_inference(keras_xception.Xception(weights=None))`
+  with its `predict`.
+
+Random weights are used (the speed does not depend on the values), so the
+benchmark needs no download. Separate processes also make each contestant's
+peak memory (peak resident set size, or peak device memory on an
+accelerator) its own.
+
+Each round measures, per worker: one `predict` call on a batch of
+`batch_size` images (throughput), the best of three `predict` calls on one
+image (latency), and the fp32 (or policy compute dtype) matmul rate of a
+square `sgemm_size` matrix product in the same runtime. Reported values are
+medians over rounds. Roofline share is `img/s x model GFLOP / matmul GFLOP/s`:
+the fraction of the machine's dense matmul rate that the model sustains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+DTYPE_POLICIES = {"none": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _matmul_rate(size, dtype, repeats=3):
+    """GFLOP/s of a `size` x `size` matmul under the current backend."""
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    a = np.random.default_rng(0).standard_normal((size, size)).astype("float32")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.cast(tf.constant(a), dtype)
+        fn = tf.function(lambda m: tf.matmul(m, m))
+        run = lambda: fn(x).numpy()  # noqa: E731
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        x = jnp.asarray(a, dtype=dtype)
+        fn = jax.jit(lambda m: m @ m)
+        run = lambda: fn(x).block_until_ready()  # noqa: E731
+    elif backend == "torch":
+        import torch
+
+        x = keras.ops.convert_to_tensor(a, dtype=dtype)
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+        run = lambda: (torch.matmul(x, x), sync())  # noqa: E731
+    else:
+        x = a.astype(dtype)
+        run = lambda: x @ x  # noqa: E731
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _peak_memory_bytes():
+    """Peak accelerator memory if there is one, else the peak RSS."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform != "cpu":
+                return device.memory_stats()["peak_bytes_in_use"], "device"
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_logical_devices("GPU"):
+                return tf.config.experimental.get_memory_info("GPU:0")["peak"], "device"
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.max_memory_allocated(), "device"
+    except Exception:  # noqa: BLE001 - memory stats are best effort
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss"
+
+
+def _build(contestant):
+    import keras
+
+    if contestant.startswith("reference"):
+        return keras.applications.Xception(weights=None)
+    from keras_xception.inference import optimize_for_inference
+    from keras_xception.model import Xception
+
+    return optimize_for_inference(Xception(weights=None))
+
+
+def _worker(config):
+    """Serves measurement rounds for one contestant over stdin/stdout."""
+    import keras
+    import numpy as np
+
+    policy = DTYPE_POLICIES[config["mixed_precision"]]
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    compute_dtype = keras.config.dtype_policy().compute_dtype
+    model = _build(config["contestant"])
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(-1, 1, (config["batch_size"], 299, 299, 3)).astype("float32")
+    single = batch[:1]
+    predict = model.predict
+    kwargs = {"verbose": 0}
+    for _ in range(2):  # trace and warm up both shapes
+        predict(batch, **kwargs)
+        predict(single, **kwargs)
+    _matmul_rate(config["sgemm_size"], compute_dtype, repeats=1)
+    print(json.dumps({"ready": True}), flush=True)
+
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
+        start = time.perf_counter()
+        predict(batch, **kwargs)
+        batch_s = time.perf_counter() - start
+        single_s = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            predict(single, **kwargs)
+            single_s = min(single_s, time.perf_counter() - start)
+        sgemm = _matmul_rate(config["sgemm_size"], compute_dtype)
+        print(json.dumps({"batch_s": batch_s, "single_s": single_s, "sgemm": sgemm}),
+              flush=True)
+    peak, kind = _peak_memory_bytes()
+    print(json.dumps({"peak_memory": peak, "memory_kind": kind}), flush=True)
+
+
+# ---------------------------------------------------------------- parent side
+
+
+class _Worker:
+    def __init__(self, contestant, env, config):
+        self.contestant = contestant
+        self.env_note = env.get("TF_ENABLE_ONEDNN_OPTS")
+        payload = json.dumps({**config, "contestant": contestant})
+        env = dict(env)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The worker imports this package from wherever the parent did.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (root, env.get("PYTHONPATH")) if p
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "keras_xception.benchmark", "--worker", payload],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.rounds = []
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            code = self.process.wait()
+            raise RuntimeError(f"benchmark worker {self.contestant!r} exited ({code})")
+        return json.loads(line)
+
+    def wait_ready(self):
+        self._read()
+
+    def round(self):
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        self.rounds.append(self._read())
+
+    def finish(self):
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        final = self._read()
+        self.process.wait()
+        return final
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
+        compare="both", log=None):
+    """Runs the benchmark and returns its results as a dict.
+
+    Args:
+        batch_size: Images per throughput call.
+        rounds: Measurement rounds; each contestant is measured once per
+            round, in turn.
+        mixed_precision: `"none"` (float32), `"bf16"` or `"fp16"`: the Keras
+            dtype policy for every contestant.
+        sgemm_size: Side of the square matmul that measures the machine's
+            rate.
+        compare: `"same"` (reference in the candidate's runtime), `"default"`
+            (reference in TensorFlow's default runtime) or `"both"`.
+        log: Optional callable for progress messages.
+
+    Returns:
+        A dict with `machine`, `settings` and one entry per contestant under
+        `results` (`img_per_s`, `batch_ms_per_image`, `latency_ms`,
+        `sgemm_gflops`, `roofline`, `peak_memory_mb`, ratios).
+    """
+    import keras
+
+    from keras_xception.flops import count_flops
+    from keras_xception.model import Xception
+
+    log = log or (lambda message: None)
+    gflop = count_flops(Xception(weights=None)).flops / 1e9
+    backend = keras.backend.backend()
+    env = dict(os.environ)
+    config = {"batch_size": batch_size, "mixed_precision": mixed_precision,
+              "sgemm_size": sgemm_size}
+    contestants = [("fast", env)]
+    if compare in ("same", "both"):
+        contestants.insert(0, ("reference", env))
+    default_env = {k: v for k, v in env.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if (
+        compare in ("default", "both")
+        and backend == "tensorflow"
+        and (default_env != env or compare == "default")
+    ):
+        contestants.insert(0, ("reference-default", default_env))
+
+    # Start one at a time so that loading does not overlap measurement.
+    workers = []
+    for name, worker_env in contestants:
+        log(f"starting {name} ...")
+        worker = _Worker(name, worker_env, config)
+        worker.wait_ready()
+        workers.append(worker)
+    for index in range(rounds):
+        log(f"round {index + 1}/{rounds}")
+        for worker in workers:
+            worker.round()
+    finals = {worker.contestant: worker.finish() for worker in workers}
+
+    results = {}
+    for worker in workers:
+        median = {key: statistics.median(r[key] for r in worker.rounds)
+                  for key in ("batch_s", "single_s", "sgemm")}
+        img_per_s = batch_size / median["batch_s"]
+        results[worker.contestant] = {
+            "onednn": worker.env_note,
+            "img_per_s": img_per_s,
+            "batch_ms_per_image": 1000 * median["batch_s"] / batch_size,
+            "latency_ms": 1000 * median["single_s"],
+            "sgemm_gflops": median["sgemm"],
+            "roofline": img_per_s * gflop / median["sgemm"],
+            "peak_memory_mb": finals[worker.contestant]["peak_memory"] / 2**20,
+            "memory_kind": finals[worker.contestant]["memory_kind"],
+        }
+    fast = results["fast"]
+    for name, result in results.items():
+        result["throughput_ratio"] = fast["img_per_s"] / result["img_per_s"]
+        result["latency_ratio"] = result["latency_ms"] / fast["latency_ms"]
+    return {
+        "machine": {
+            "cpu": _cpu_name(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "keras": keras.__version__,
+            "backend": backend,
+        },
+        "settings": {**config, "rounds": rounds, "model_gflop": gflop,
+                     "onednn": env.get("TF_ENABLE_ONEDNN_OPTS")},
+        "results": results,
+    }
+
+
+def format_table(report):
+    """The results as a plain-text table (ratios are fast vs that row)."""
+    settings = report["settings"]
+    batch = settings["batch_size"]
+    lines = [
+        f"{report['machine']['cpu']} ({report['machine']['cpus']} CPUs), "
+        f"Keras {report['machine']['keras']} / {report['machine']['backend']}, "
+        f"batch {batch}, {settings['rounds']} rounds, "
+        f"mixed precision: {settings['mixed_precision']}",
+        f"{'contestant':<18} {'oneDNN':>6} {'img/s':>7} {'ms/img':>7} "
+        f"{'1-img ms':>9} {'fast x thr':>10} {'fast x lat':>10} "
+        f"{'matmul GF/s':>11} {'roofline':>8} {'peak MB':>8}",
+    ]
+    for name, r in report["results"].items():
+        lines.append(
+            f"{name:<18} {r['onednn'] or 'unset':>6} {r['img_per_s']:>7.2f} "
+            f"{r['batch_ms_per_image']:>7.1f} {r['latency_ms']:>9.1f} "
+            f"{r['throughput_ratio']:>9.2f}x {r['latency_ratio']:>9.2f}x "
+            f"{r['sgemm_gflops']:>11.1f} {r['roofline']:>7.0%} "
+            f"{r['peak_memory_mb']:>8.0f}"
+        )
+    lines.append(
+        f"roofline = img/s x {settings['model_gflop']:.2f} GFLOP / matmul GFLOP/s "
+        f"({settings['sgemm_size']}^2 matmul, same process); "
+        "'fast x' = fast's advantage over that row."
+    )
+    return "\n".join(lines)
+
+
+def add_arguments(parser):
+    """The benchmark's options, shared by the script and the CLI."""
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per throughput call (default: 8)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="alternating measurement rounds (default: 7)")
+    parser.add_argument("--mixed-precision", choices=sorted(DTYPE_POLICIES),
+                        default="none",
+                        help="Keras dtype policy for every contestant: none "
+                        "(float32), bf16 (mixed_bfloat16) or fp16 (mixed_float16)")
+    parser.add_argument("--sgemm-size", type=int, default=2048,
+                        help="side of the square matmul measuring the machine's "
+                        "rate (default: 2048; use 8192 on a GPU)")
+    parser.add_argument("--compare", choices=("same", "default", "both"),
+                        default="both",
+                        help="reference in the candidate's runtime (same), in "
+                        "TensorFlow's default runtime (default), or both")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the results as JSON to PATH")
+
+
+def main_from_args(args):
+    """Runs the benchmark for parsed `args`, prints the table; returns 0."""
+    from keras_xception.errors import ConfigError
+
+    if args.batch_size < 1 or args.rounds < 1 or args.sgemm_size < 1:
+        raise ConfigError(
+            "--batch-size, --rounds and --sgemm-size must be positive. "
+            f"Received: {args.batch_size}, {args.rounds}, {args.sgemm_size}"
+        )
+    report = run(
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        mixed_precision=args.mixed_precision,
+        sgemm_size=args.sgemm_size,
+        compare=args.compare,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker(json.loads(sys.argv[2]))
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        add_arguments(parser)
+        sys.exit(main_from_args(parser.parse_args()))

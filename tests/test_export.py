@@ -1,0 +1,100 @@
+"""`keras-xception export`: the exported model matches the Keras model."""
+
+import importlib.util
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_xception import Xception
+from keras_xception.cli.export import export
+from keras_xception.inference import optimize_for_inference
+from keras_xception.preprocessing import load_image, preprocess_input
+
+
+def needs_export_extra(*modules):
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"needs the `export` extra (pip install 'keras-xception[export]'): "
+        f"{', '.join(missing)} not installed",
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(kitchen_photos):
+    return np.stack([preprocess_input(load_image(p)) for p in kitchen_photos[4:6]])
+
+
+@pytest.fixture(scope="module")
+def features(imagenet_notop_files):
+    """The real no-top model (4D features) and its outputs are the reference."""
+    return Xception(weights=str(imagenet_notop_files["keras3"]), include_top=False)
+
+
+def test_saved_model_from_the_command_line(imagenet_notop_files, features, photos,
+                                           tmp_path):
+    import tensorflow as tf
+
+    out = tmp_path / "xception_savedmodel"
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_xception.cli", "export",
+         str(imagenet_notop_files["keras3"]), str(out), "--format", "saved_model"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = tf.saved_model.load(str(out))
+    got = loaded.serve(tf.constant(photos)).numpy()
+    expected = features.predict(photos, verbose=0)
+    assert got.shape == expected.shape == (2, 10, 10, 2048)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+    assert "serving_default" in loaded.signatures
+
+
+def test_existing_output_is_not_overwritten(features, tmp_path):
+    from keras_xception.errors import ConfigError
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(ConfigError, match="exists"):
+        export(features, tmp_path / "taken", "saved_model")
+    with pytest.raises(ConfigError, match=".onnx"):
+        export(features, tmp_path / "model.bin", "onnx")
+
+
+@needs_export_extra("tf2onnx", "onnx", "onnxruntime")
+def test_onnx_matches(features, photos, tmp_path):
+    import onnxruntime
+
+    path = export(optimize_for_inference(features), tmp_path / "x.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = session.run(None, {name: photos})[0]
+    expected = features.predict(photos, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+
+
+@needs_export_extra("ai_edge_litert")
+def test_litert_matches(imagenet_notop_arrays, photos, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_xception.architecture import weight_layout
+
+    # LiteRT wants a static input size: build the model at 299x299.
+    model = Xception(weights=None, include_top=False, input_shape=(299, 299, 3),
+                     pooling="avg")
+    for entry, values in zip(weight_layout(False), imagenet_notop_arrays):
+        model.get_layer(entry.name).set_weights(values)
+    path = export(optimize_for_inference(model), tmp_path / "x.tflite", "litert")
+    interpreter = Interpreter(model_path=str(path))
+    expected = model.predict(photos, verbose=0)
+    got = []
+    for image in photos:
+        interpreter.resize_tensor_input(0, (1, 299, 299, 3))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+        interpreter.invoke()
+        got.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-4 * np.abs(expected).max())

@@ -1,0 +1,181 @@
+"""`keras-xception fine-tune`, run as a user runs it: in a subprocess."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_XCEPTION_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "keras_xception.cli", "fine-tune", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def make_dataset(root, classes=("cat", "dog"), per_class=4, size=40):
+    """Class folders of small solid-colour PNGs, one colour per class."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((size, size, 3), 40 + 80 * k, "uint8")
+            pixels += rng.integers(0, 30, pixels.shape, dtype="uint8")
+            Image.fromarray(pixels).save(folder / f"{name}{i}.png")
+    return root
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_corrupt_and_non_image_files_are_named_before_training(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    (data / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = data / "dog" / "dog0.png"
+    (data / "dog" / "truncated.png").write_bytes(good.read_bytes()[:60])
+    (data / "dog" / "notes.txt").write_text("labels by hand")
+    (data / "dog" / ".DS_Store").write_bytes(b"\0\0")  # hidden: ignored
+    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    assert_clean_error(
+        result,
+        "3 of the 11 files",
+        os.path.join("cat", "broken.jpg"),
+        os.path.join("dog", "truncated.png"),
+        os.path.join("dog", "notes.txt"),
+    )
+    assert ".DS_Store" not in result.stderr
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    (data / "bird").mkdir()
+    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    assert_clean_error(result, "empty class folder", "'bird'")
+
+
+def test_single_class_is_an_error(tmp_path):
+    data = make_dataset(tmp_path / "data", classes=("cat",))
+    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    assert_clean_error(result, "single class folder ('cat')", "at least 2 classes")
+
+
+def test_missing_data_dir_is_an_error(tmp_path):
+    result = cli(tmp_path / "nowhere", "--output", tmp_path / "out.keras")
+    assert_clean_error(result, "does not exist")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--image-size", "64"], "--image-size must be at least 71"),
+        (["--unfreeze-from", "block99"], "Valid blocks: block1, block2"),
+        (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
+        (["--workers", "2"], "--workers only applies with --strategy multiworker"),
+        (["--strategy", "multiworker"], "needs TF_CONFIG"),
+        (["--weights", "missing.h5"], "existing weights file"),
+        (["--epochs", "0", "--fine-tune-epochs", "0"], "Nothing to train"),
+    ],
+)
+def test_bad_options_are_clear_errors(tmp_path, options, message):
+    data = make_dataset(tmp_path / "data", per_class=1)
+    result = cli(data, "--output", tmp_path / "out.keras", *options)
+    assert_clean_error(result, message)
+
+
+def test_output_must_be_a_keras_file(tmp_path):
+    result = cli(tmp_path, "--output", tmp_path / "out.h5")
+    assert_clean_error(result, "--output must name a .keras file")
+
+
+def test_interrupted_run_needs_resume(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=1)
+    work = tmp_path / "out.training"
+    (work / "backup-head").mkdir(parents=True)
+    (work / "backup-head" / "training_metadata.json").write_text('{"epoch": 1}')
+    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    assert_clean_error(result, "interrupted training run", "--resume")
+
+
+@pytest.mark.slow
+def test_fine_tune_run_saves_a_raw_input_model_with_class_names(
+    tmp_path, imagenet_notop_files
+):
+    data = make_dataset(tmp_path / "data", classes=("cat", "dog", "fox"), per_class=4)
+    out = tmp_path / "models" / "pets.keras"
+    result = cli(
+        data,
+        "--output",
+        out,
+        "--weights",
+        imagenet_notop_files["keras3"],
+        "--image-size",
+        71,
+        "--batch-size",
+        6,
+        "--epochs",
+        1,
+        "--fine-tune-epochs",
+        1,
+        "--unfreeze-from",
+        "block14",
+        "--val-split",
+        0.25,
+        "--strategy",
+        "mirrored",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out_lines = result.stdout.splitlines()
+    assert any(
+        "12 images in 3 classes (cat 4, dog 4, fox 4)" in line for line in out_lines
+    )
+    assert any(
+        line.startswith("[head] epoch 1/1:") and "val_accuracy" in line
+        for line in out_lines
+    ), result.stdout
+    assert any(line.startswith("[fine-tune] epoch 2/2:") for line in out_lines), (
+        result.stdout
+    )
+    assert f"saved {out}" in result.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "pets.keras",
+        "pets.training",
+    ]
+
+    with zipfile.ZipFile(out) as archive:
+        assert json.loads(archive.read("metadata.json"))["class_names"] == [
+            "cat",
+            "dog",
+            "fox",
+        ]
+    model = keras.saving.load_model(out)  # no custom_objects
+    assert model.input_shape == (None, 71, 71, 3)
+    assert model.get_layer("preprocess").get_config()["scale"] == pytest.approx(
+        1 / 127.5
+    )
+    image = np.asarray(
+        Image.open(data / "dog" / "dog0.png").resize((71, 71)), "float32"
+    )
+    probabilities = model.predict(image[None], verbose=0)
+    assert probabilities.shape == (1, 3)
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
