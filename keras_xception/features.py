@@ -100,4 +100,4 @@ def feature_extractor(
                 f"'block13_sepconv2_bn'). Received: endpoints={list(endpoints)!r}"
             )
         outputs[name] = base.get_layer(layer).output
-    return keras.Model(base.inputs, outputs, name=f"{base.name}_features")
+    return keras.Model(base.input, outputs, name=f"{base.name}_features")

@@ -98,8 +98,11 @@ def build_classifier(
             `(height, width)` pair), at least 71. Images fed to the model
             must have this size.
         weights: Weights of the base: `"imagenet"`, a weights file path, an
-            http(s) URL, or `None` for random initialization (training from
-            scratch).
+            http(s) URL, or `None` for random initialization. A random base
+            is frozen and kept in inference mode like a pretrained one, so
+            `None` only serves to try the pipeline; to train from scratch,
+            build `Xception(weights=None, include_top=False)` with your own
+            head.
         dropout: Dropout rate before the classifier, in [0, 1); `0` adds no
             dropout layer.
         augment: Whether to add the `augmentation` sub-model.

@@ -1,6 +1,6 @@
 """Training from scratch: `weights=None`, `include_top=False` and a custom head.
 
-The two use cases of the seed: a 1-channel grayscale dataset with a 1-unit
+The two common from-scratch cases: a 1-channel grayscale dataset with a 1-unit
 linear regression head, and a 10-class dataset of small images resized to 71
 (8x8 patterns made in the test, like a digits dataset). The training loss must fall.
 """

@@ -55,7 +55,9 @@ def add_parser(subparsers):
         "--weights",
         default="imagenet",
         help="starting weights of the base: 'imagenet' (default), a weights file, "
-        "an http(s) URL, or 'none' to train from scratch",
+        "or an http(s) URL; 'none' gives a randomly initialized base that is "
+        "still frozen and in inference mode, useful only to try the pipeline "
+        "(train from scratch with the Python builder instead)",
     )
     parser.add_argument(
         "--image-size",
