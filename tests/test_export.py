@@ -1,6 +1,8 @@
-"""`keras-xception export`: the exported model matches the Keras model."""
+"""`keras-xception export`: the exported model matches the Keras model.
 
-import importlib.util
+ONNX and LiteRT need the `export` extra, which the `test` extra includes.
+"""
+
 import subprocess
 import sys
 
@@ -12,15 +14,6 @@ from keras_xception import Xception
 from keras_xception.cli.export import export
 from keras_xception.inference import optimize_for_inference
 from keras_xception.preprocessing import load_image, preprocess_input
-
-
-def needs_export_extra(*modules):
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    return pytest.mark.skipif(
-        bool(missing),
-        reason=f"needs the `export` extra (pip install 'keras-xception[export]'): "
-        f"{', '.join(missing)} not installed",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +57,6 @@ def test_existing_output_is_not_overwritten(features, tmp_path):
         export(features, tmp_path / "model.bin", "onnx")
 
 
-@needs_export_extra("tf2onnx", "onnx", "onnxruntime")
 def test_onnx_matches(features, photos, tmp_path):
     import onnxruntime
 
@@ -76,7 +68,6 @@ def test_onnx_matches(features, photos, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
 
 
-@needs_export_extra("ai_edge_litert")
 def test_litert_matches(imagenet_notop_arrays, photos, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
