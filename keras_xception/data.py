@@ -43,7 +43,7 @@ from keras_xception.errors import ConfigError, DataError
 
 # File name endings of the images a class folder may hold: Keras's own list
 # (`image_dataset_from_directory`) plus the other formats Pillow decodes.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+from keras_xception.preprocessing import IMAGE_EXTENSIONS
 
 # Files that operating systems drop into folders; never part of a dataset.
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})

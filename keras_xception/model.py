@@ -15,16 +15,13 @@ from keras import layers
 
 from keras_xception import architecture
 from keras_xception.errors import ConfigError, WeightsError
+from keras_xception.weights.downloader import is_url
 
 POOLING_MODES = (None, "avg", "max")
 
 
-def _is_url(value) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
-
-
 def _is_path(value) -> bool:
-    return isinstance(value, (str, os.PathLike)) and not _is_url(value)
+    return isinstance(value, (str, os.PathLike)) and not is_url(value)
 
 
 def _check_arguments(include_top, weights, pooling, classes, classifier_activation):
@@ -32,7 +29,7 @@ def _check_arguments(include_top, weights, pooling, classes, classifier_activati
     if not (
         weights is None
         or weights == "imagenet"
-        or _is_url(weights)
+        or is_url(weights)
         or (_is_path(weights) and os.path.exists(weights))
     ):
         raise ConfigError(

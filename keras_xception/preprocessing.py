@@ -13,6 +13,12 @@ from keras_xception.errors import ConfigError, ImageError
 
 NUM_CLASSES = 1000
 
+# File extensions read as images when a folder is searched (case-insensitive),
+# by `keras-xception classify` and by the fine-tuning dataset scan.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+)
+
 # How `load_image` resizes. PIL's bilinear filter widens its support when
 # shrinking, so a downscale is antialiased (unlike Keras's `load_img`, whose
 # default "nearest" aliases fine texture). Bilinear is also the resize that

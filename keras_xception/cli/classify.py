@@ -23,9 +23,7 @@ import sys
 
 # What a folder is searched for (case-insensitive). Files named on the command
 # line are read whatever their extension.
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-)
+from keras_xception.preprocessing import IMAGE_EXTENSIONS
 
 
 def add_parser(subparsers):

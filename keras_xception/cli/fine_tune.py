@@ -24,6 +24,7 @@ import os
 import sys
 
 from keras_xception.errors import ConfigError
+from keras_xception.weights.downloader import is_url
 
 DEFAULT_IMAGE_SIZE = 299
 MIN_IMAGE_SIZE = 71
@@ -209,7 +210,7 @@ def _check_options(args):
     weights = args.weights
     if weights.lower() == "none":
         args.weights = None
-    elif weights != "imagenet" and not weights.startswith(("http://", "https://")):
+    elif weights != "imagenet" and not is_url(weights):
         if not os.path.isfile(weights):
             raise ConfigError(
                 "--weights must be 'imagenet', 'none', an http(s) URL or an "

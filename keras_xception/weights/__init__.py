@@ -24,7 +24,7 @@ import os
 import pathlib
 
 from keras_xception.errors import WeightsError
-from keras_xception.weights.downloader import CachedFileWarning, download, fetch
+from keras_xception.weights.downloader import CachedFileWarning, download, fetch, is_url
 from keras_xception.weights.validate import read_weights, verify
 
 __all__ = [
@@ -57,7 +57,7 @@ def resolve(weights, *, include_top) -> pathlib.Path:
     """
     if isinstance(weights, str) and weights == "imagenet":
         return fetch(include_top)
-    if isinstance(weights, str) and weights.startswith(("http://", "https://")):
+    if is_url(weights):
         return download(weights)
     if not isinstance(weights, (str, os.PathLike)):
         raise WeightsError(

@@ -81,6 +81,11 @@ class _Progress:
             self._mid_line = False
 
 
+
+def is_url(value) -> bool:
+    """Whether `value` is an http(s) URL string (rather than a local path)."""
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
 def _request(url: str, offset: int) -> urllib.request.Request:
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
@@ -417,7 +422,7 @@ def download(
             one (HTTP error, HTML page, hash mismatch), with what to do; or if
             `KERAS_XCEPTION_OFFLINE=1` and the file is not cached.
     """
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    if not is_url(url):
         raise WeightsError(
             f"`url` must be an http:// or https:// URL. Received: url={url!r}"
         )
