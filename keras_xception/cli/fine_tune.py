@@ -23,11 +23,9 @@ from __future__ import annotations
 import os
 import sys
 
+from keras_xception import architecture, transfer
 from keras_xception.errors import ConfigError
 from keras_xception.weights.downloader import is_url
-
-DEFAULT_IMAGE_SIZE = 299
-MIN_IMAGE_SIZE = 71
 
 # Set by the local multi-worker launcher, which has checked every image
 # already, so that its workers do not decode the whole dataset again.
@@ -63,9 +61,9 @@ def add_parser(subparsers):
     parser.add_argument(
         "--image-size",
         type=int,
-        default=DEFAULT_IMAGE_SIZE,
+        default=architecture.DEFAULT_SIZE,
         metavar="S",
-        help=f"train on SxS images (default {DEFAULT_IMAGE_SIZE}, at least {MIN_IMAGE_SIZE})",
+        help=f"train on SxS images (default {architecture.DEFAULT_SIZE}, at least {architecture.MIN_SIZE})",
     )
     parser.add_argument(
         "--batch-size",
@@ -91,9 +89,9 @@ def add_parser(subparsers):
     )
     parser.add_argument(
         "--unfreeze-from",
-        default="block13",
+        default=transfer.DEFAULT_UNFREEZE_FROM,
         metavar="blockN",
-        help="first block trained in phase 2 (default block13)",
+        help="first block trained in phase 2 (default %(default)s)",
     )
     parser.add_argument(
         "--val-split",
@@ -105,22 +103,22 @@ def add_parser(subparsers):
     parser.add_argument(
         "--learning-rate",
         type=float,
-        default=1e-3,
+        default=transfer.HEAD_LEARNING_RATE,
         metavar="LR",
-        help="learning rate of phase 1 (default 1e-3)",
+        help="learning rate of phase 1 (default %(default)g)",
     )
     parser.add_argument(
         "--fine-tune-learning-rate",
         type=float,
-        default=1e-5,
+        default=transfer.FINE_TUNE_LEARNING_RATE,
         metavar="LR",
-        help="learning rate of phase 2 (default 1e-5)",
+        help="learning rate of phase 2 (default %(default)g)",
     )
     parser.add_argument(
         "--dropout",
         type=float,
-        default=0.2,
-        help="dropout before the classifier (default 0.2)",
+        default=transfer.DEFAULT_DROPOUT,
+        help="dropout before the classifier (default %(default)g)",
     )
     parser.add_argument(
         "--mixed-precision",
@@ -172,9 +170,9 @@ def _check_options(args):
         raise ConfigError(
             f"--output must name a .keras file. Received: --output {args.output}"
         )
-    if args.image_size < MIN_IMAGE_SIZE:
+    if args.image_size < architecture.MIN_SIZE:
         raise ConfigError(
-            f"--image-size must be at least {MIN_IMAGE_SIZE}. "
+            f"--image-size must be at least {architecture.MIN_SIZE}. "
             f"Received: --image-size {args.image_size}"
         )
     for flag, value, low in (
@@ -204,9 +202,7 @@ def _check_options(args):
     ):
         if not value > 0:
             raise ConfigError(f"{flag} must be positive. Received: {flag} {value}")
-    from keras_xception.transfer import _block_index
-
-    _block_index(args.unfreeze_from)
+    transfer._block_index(args.unfreeze_from)
     weights = args.weights
     if weights.lower() == "none":
         args.weights = None
