@@ -42,6 +42,8 @@ import subprocess
 import sys
 import time
 
+from keras_xception import architecture
+
 DTYPE_POLICIES = {"none": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
@@ -135,7 +137,8 @@ def _worker(config):
     compute_dtype = keras.config.dtype_policy().compute_dtype
     model = _build(config["contestant"])
     rng = np.random.default_rng(0)
-    batch = rng.uniform(-1, 1, (config["batch_size"], 299, 299, 3)).astype("float32")
+    size = architecture.DEFAULT_SIZE
+    batch = rng.uniform(-1, 1, (config["batch_size"], size, size, 3)).astype("float32")
     single = batch[:1]
     predict = model.predict
     kwargs = {"verbose": 0}

@@ -62,6 +62,7 @@ def load_source(source):
         keras_xception.errors.WeightsError: If the file is missing or not
             Xception weights.
     """
+    from keras_xception import architecture
     from keras_xception.errors import WeightsError
     from keras_xception.model import Xception
 
@@ -83,11 +84,12 @@ def load_source(source):
 
     path = weights.resolve(text, include_top=True)
     summary = weights.validate.inspect(path)
+    size = architecture.DEFAULT_SIZE
     return Xception(
         weights=str(path),
         include_top=summary.include_top,
         classes=summary.classes or 1000,
-        input_shape=None if summary.include_top else (299, 299, summary.channels),
+        input_shape=None if summary.include_top else (size, size, summary.channels),
     )
 
 

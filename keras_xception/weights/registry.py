@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from keras_xception import architecture
 from keras_xception.errors import WeightsError
 
 _OFFICIAL_BASE = (
@@ -83,7 +84,7 @@ def _imagenet(include_top: bool, fname: str, md5: str, params: int) -> WeightsFi
         # published md5; no copy of these files has been checked here yet.
         sha256=None,
         params=params,
-        input_size=299,
+        input_size=architecture.DEFAULT_SIZE,
         preprocessing="tf",
         top1=0.790,
         top5=0.945,
