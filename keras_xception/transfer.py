@@ -306,15 +306,20 @@ def save_classifier(model, path, *, class_names=None):
 def _add_metadata(path, entries):
     """Adds `entries` to `metadata.json` inside the `.keras` archive `path`."""
     rewritten = path + ".meta"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(rewritten, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename == METADATA_FILE:
-                metadata = json.loads(data)
-                metadata.update(entries)
-                data = json.dumps(metadata).encode()
-            dst.writestr(info, data)
-    os.replace(rewritten, path)
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(rewritten, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info.filename)
+                if info.filename == METADATA_FILE:
+                    metadata = json.loads(data)
+                    metadata.update(entries)
+                    data = json.dumps(metadata).encode()
+                dst.writestr(info, data)
+        os.replace(rewritten, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(rewritten)
+        raise
 
 
 def read_class_names(path):
