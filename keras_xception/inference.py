@@ -43,6 +43,7 @@ speed set `TF_ENABLE_ONEDNN_OPTS=1` in their environment.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -264,6 +265,61 @@ def fold_batch_norm(model):
     return new
 
 
+def _relus_after_add(model):
+    """The top-level ReLU `Activation` layers of `model` fed by an `Add`."""
+    import keras
+
+    try:
+        entries = model.get_config()["layers"]
+    except (AttributeError, KeyError, NotImplementedError, TypeError):
+        return []
+    classes = {entry["name"]: entry["class_name"] for entry in entries}
+    names = set()
+    for entry in entries:
+        sources = _inputs_of(entry)
+        if (
+            entry["class_name"] == "Activation"
+            and len(sources) == 1
+            and classes.get(sources[0]) == "Add"
+        ):
+            names.add(entry["name"])
+    return [
+        layer for layer in model.layers
+        if layer.name in names
+        and isinstance(layer, keras.layers.Activation)
+        and layer.activation is keras.activations.relu
+    ]
+
+
+@contextlib.contextmanager
+def _relu_after_add_as_maximum(model):
+    """While tracing, computes ReLUs that follow an `Add` as `maximum(x, 0)`.
+
+    Same values (NaN and signed zeros included), different TensorFlow op.
+    With oneDNN on, grappler's remapper fuses Conv2D + BiasAdd + Add + Relu
+    without checking that the Add has no other consumer; in a residual
+    network it does (the next block's Add), the rewrite fails ("remapper
+    failed: INVALID_ARGUMENT: Mutation::Apply error") and TensorFlow drops
+    every remapper fusion of the graph. Without a Relu after the Add the
+    pattern does not match, and the other fusions (Conv2D + BiasAdd + Relu)
+    apply.
+    """
+    import keras
+
+    layers = _relus_after_add(model)
+
+    def relu_as_maximum(x):
+        return keras.ops.maximum(x, keras.ops.zeros((), dtype=x.dtype))
+
+    for layer in layers:
+        layer.activation = relu_as_maximum
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.activation = keras.activations.relu
+
+
 def compile_forward(model):
     """A compiled inference function for `model` under the current backend.
 
@@ -298,6 +354,9 @@ def compile_forward(model):
         def forward(x):
             return model(x, training=False)
 
+        # Trace now, with ReLUs that follow an Add written as Maximum.
+        with _relu_after_add_as_maximum(model):
+            forward = forward.get_concrete_function()
         return lambda x: numpy_tree(forward(x))
     if backend == "jax":
         import jax

@@ -59,6 +59,9 @@ def test_fast_path_matches_plain_model_on_real_weights(real_model, fast_model, p
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
     # The synthetic top is not uniform: the check above is not vacuous.
     assert expected.max() > 0.05
+    # Compiling the fast path leaves the model's own layers as they were.
+    relus = [l for l in fast_model.layers if isinstance(l, keras.layers.Activation)]
+    assert relus and all(l.activation is keras.activations.relu for l in relus)
 
 
 def test_fast_predict_batches_like_keras(fast_model, photos):
