@@ -14,6 +14,10 @@ alternate and share the machine's noise:
   from TensorFlow's default): the same model in a process with
   `TF_ENABLE_ONEDNN_OPTS` unset, which is what a user of plain Keras gets;
   ratios against it are end to end (package + runtime choice);
+- `reference-compiled`: the same Keras model's forward pass compiled by
+  `keras_xception.inference.compile_forward` (a `tf.function` or `jax.jit`)
+  and called directly, in the candidate's runtime: no `predict` overhead and
+  no folding, so `fast` against it is what folding BatchNorm adds;
 - `fast`: `optimize_for_inference(keras_xception.Xception(weights=None))`
   with its `predict`.
 
@@ -116,14 +120,19 @@ def _peak_memory_bytes():
 
 
 def _build(contestant):
+    """The predict function a contestant is timed with."""
     import keras
 
-    if contestant.startswith("reference"):
-        return keras.applications.Xception(weights=None)
-    from keras_xception.inference import optimize_for_inference
+    from keras_xception.inference import compile_forward, optimize_for_inference
     from keras_xception.model import Xception
 
-    return optimize_for_inference(Xception(weights=None))
+    if contestant == "fast":
+        return optimize_for_inference(Xception(weights=None)).predict
+    model = keras.applications.Xception(weights=None)
+    if contestant == "reference-compiled":
+        forward = compile_forward(model)
+        return lambda x, **kwargs: forward(x)
+    return model.predict
 
 
 def _worker(config):
@@ -135,12 +144,11 @@ def _worker(config):
     if policy:
         keras.config.set_dtype_policy(policy)
     compute_dtype = keras.config.dtype_policy().compute_dtype
-    model = _build(config["contestant"])
+    predict = _build(config["contestant"])
     rng = np.random.default_rng(0)
     size = architecture.DEFAULT_SIZE
     batch = rng.uniform(-1, 1, (config["batch_size"], size, size, 3)).astype("float32")
     single = batch[:1]
-    predict = model.predict
     kwargs = {"verbose": 0}
     for _ in range(2):  # trace and warm up both shapes
         predict(batch, **kwargs)
@@ -236,8 +244,9 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             dtype policy for every contestant.
         sgemm_size: Side of the square matmul that measures the machine's
             rate.
-        compare: `"same"` (reference in the candidate's runtime), `"default"`
-            (reference in TensorFlow's default runtime) or `"both"`.
+        compare: `"same"` (the references in the candidate's runtime),
+            `"default"` (reference in TensorFlow's default runtime) or
+            `"both"`.
         log: Optional callable for progress messages.
 
     Returns:
@@ -258,7 +267,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
               "sgemm_size": sgemm_size}
     contestants = [("fast", env)]
     if compare in ("same", "both"):
-        contestants.insert(0, ("reference", env))
+        contestants[:0] = [("reference", env), ("reference-compiled", env)]
     default_env = {k: v for k, v in env.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if (
         compare in ("default", "both")
