@@ -102,11 +102,19 @@ def test_bad_and_missing_files_are_named_and_the_rest_classified(
 def test_offline_without_cached_weights_says_what_to_do(folder, keras_home):
     done = classify(folder / "a.jpg", env=dict(os.environ))
     assert done.returncode == 1
-    assert done.stderr.startswith("error: ") or "\nerror: " in done.stderr
-    assert "Traceback" not in done.stderr
-    # The weights module's message: where the file goes.
+    # Only the weights module's message (where the file goes): the weights
+    # are looked for before TensorFlow is imported and starts logging.
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert str(keras_home) in done.stderr
     assert done.stdout == ""
+
+
+def test_missing_weights_file_is_named(folder, tmp_path):
+    done = classify(folder / "a.jpg", "--weights", tmp_path / "nope.h5")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: Weights file not found: ")
+    assert str(tmp_path / "nope.h5") in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
 
 
 def test_bad_arguments_exit_1_without_traceback(folder):

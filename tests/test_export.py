@@ -57,6 +57,42 @@ def test_existing_output_is_not_overwritten(features, tmp_path):
         export(features, tmp_path / "model.bin", "onnx")
 
 
+def test_failed_export_leaves_nothing_behind(features, tmp_path, monkeypatch):
+    def export_half(self, filepath, **kwargs):
+        import pathlib
+
+        pathlib.Path(filepath).mkdir()
+        (pathlib.Path(filepath) / "saved_model.pb").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(features), "export", export_half)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(features, tmp_path / "out" / "model", "saved_model")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def cli_export(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_xception.cli", "export", *map(str, args)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+def test_bad_output_fails_before_the_weights_are_fetched(tmp_path, keras_home):
+    # Offline with an empty cache: reaching the weights would be an error too,
+    # but the output path is checked first, without importing TensorFlow.
+    done = cli_export("imagenet", tmp_path / "model.bin", "--format", "onnx")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"error: The onnx output must be a file ending in '.onnx'. "
+        f"Received: {tmp_path / 'model.bin'}\n"
+    )
+    done = cli_export(tmp_path / "missing.h5", tmp_path / "out")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: Weights file not found: ")
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def test_onnx_matches(features, photos, tmp_path):
     import onnxruntime
 

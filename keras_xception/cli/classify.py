@@ -186,6 +186,12 @@ def run(args) -> int:
         print("error: no image files to classify", file=sys.stderr)
         return 1
 
+    # Fetch (or find) the weights before TensorFlow is imported: a missing
+    # file or an empty cache offline fails in a moment, with only its message.
+    from keras_xception.weights import resolve
+
+    weights = str(resolve(args.weights, include_top=True))
+
     def on_error(path, message):
         nonlocal failures
         failures += 1
@@ -193,7 +199,7 @@ def run(args) -> int:
 
     results = []
     for path, predictions in classify(
-        files, args.weights, args.top, args.batch_size, on_error
+        files, weights, args.top, args.batch_size, on_error
     ):
         if args.json:
             results.append({

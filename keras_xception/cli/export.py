@@ -64,10 +64,11 @@ def load_source(source):
     """
     from keras_xception import architecture
     from keras_xception.errors import WeightsError
-    from keras_xception.model import Xception
 
     text = str(source)
     if text == "imagenet":
+        from keras_xception.model import Xception
+
         return Xception(weights="imagenet")
     if text.endswith(".keras"):
         import keras
@@ -82,8 +83,11 @@ def load_source(source):
 
     from keras_xception import weights
 
+    # Found and checked before TensorFlow is imported (by `Xception`).
     path = weights.resolve(text, include_top=True)
     summary = weights.validate.inspect(path)
+    from keras_xception.model import Xception
+
     size = architecture.DEFAULT_SIZE
     return Xception(
         weights=str(path),
@@ -93,11 +97,14 @@ def load_source(source):
     )
 
 
-def export(model, out, fmt):
-    """Writes `model` to `out` in CLI format `fmt`; returns the path written."""
+def check_output(out, fmt):
+    """Raises `ConfigError` if `fmt` cannot be written to `out`; returns `out`.
+
+    Checked before the model is built, so a wrong path fails at once.
+    """
     from keras_xception.errors import ConfigError
 
-    keras_format, suffix = FORMATS[fmt]
+    _, suffix = FORMATS[fmt]
     out = pathlib.Path(out)
     if suffix and out.suffix != suffix:
         raise ConfigError(
@@ -107,15 +114,37 @@ def export(model, out, fmt):
         _require("tf2onnx", "onnx")
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise ConfigError(f"{out} exists already; remove it or pick another path.")
+    return out
+
+
+def export(model, out, fmt):
+    """Writes `model` to `out` in CLI format `fmt`; returns the path written.
+
+    The model is written into a temporary folder beside `out` and moved into
+    place when complete, so a failed export leaves nothing behind.
+    """
+    import shutil
+    import tempfile
+
     import keras
 
+    out = check_output(out, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
     # One positional input; spelled out because Keras's ONNX exporter
     # refuses a model that has never been called otherwise.
     spec = keras.InputSpec(
         shape=tuple(model.inputs[0].shape), dtype=model.inputs[0].dtype
     )
-    model.export(str(out), format=keras_format, verbose=False,
-                 input_signature=[spec])
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        written = staging / out.name
+        model.export(str(written), format=FORMATS[fmt][0], verbose=False,
+                     input_signature=[spec])
+        if out.is_dir():  # an empty folder the user made for it
+            out.rmdir()
+        written.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -133,9 +162,10 @@ def _require(*modules):
 
 
 def run(args) -> int:
+    check_output(args.out, args.format)
+    model = load_source(args.source)
     from keras_xception.inference import optimize_for_inference
 
-    model = load_source(args.source)
     if not args.no_optimize:
         model = optimize_for_inference(model)
     out = export(model, args.out, args.format)
