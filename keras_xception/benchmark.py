@@ -295,7 +295,8 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
                   for key in ("batch_s", "single_s", "sgemm")}
         img_per_s = batch_size / median["batch_s"]
         results[worker.contestant] = {
-            "onednn": worker.env_note,
+            # TF_ENABLE_ONEDNN_OPTS is TensorFlow's; other backends ignore it.
+            "onednn": worker.env_note if backend == "tensorflow" else "n/a",
             "img_per_s": img_per_s,
             "batch_ms_per_image": 1000 * median["batch_s"] / batch_size,
             "latency_ms": 1000 * median["single_s"],

@@ -47,3 +47,23 @@ def test_bad_settings_exit_1_without_traceback():
     done = benchmark("--rounds", "0")
     assert done.returncode == 1
     assert "--rounds" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_runs_under_jax_with_bf16(tmp_path):
+    # The GPU measurement's command (KERAS_BACKEND=jax, bf16), at a tiny size.
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["KERAS_BACKEND"] = "jax"
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_xception.cli", "benchmark", "--rounds", "1",
+         "--batch-size", "1", "--sgemm-size", "64", "--mixed-precision", "bf16",
+         "--compare", "default", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["machine"]["backend"] == "jax"
+    assert report["settings"]["mixed_precision"] == "bf16"
+    assert list(report["results"]) == ["fast"]
+    assert report["results"]["fast"]["onednn"] == "n/a"
+    assert report["results"]["fast"]["img_per_s"] > 0
