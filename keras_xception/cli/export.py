@@ -66,16 +66,12 @@ def load_source(source):
     from keras_xception.errors import WeightsError
 
     text = str(source)
-    if text == "imagenet":
-        from keras_xception.model import Xception
-
-        return Xception(weights="imagenet")
     if text.endswith(".keras"):
-        import keras
-
         path = pathlib.Path(text).expanduser()
         if not path.is_file():
             raise WeightsError(f"Model file not found: {path}")
+        import keras
+
         try:
             return keras.saving.load_model(path, compile=False)
         except (OSError, ValueError) as err:
@@ -83,7 +79,8 @@ def load_source(source):
 
     from keras_xception import weights
 
-    # Found and checked before TensorFlow is imported (by `Xception`).
+    # Found (for "imagenet", fetched and verified: the file with the top)
+    # and checked before TensorFlow is imported (by `Xception`).
     path = weights.resolve(text, include_top=True)
     summary = weights.validate.inspect(path)
     from keras_xception.model import Xception
