@@ -6,19 +6,16 @@ in the benchmark's own runs, not in tests.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from tests import commandline
 
-def benchmark(*args):
+
+def benchmark(*args, **extra_env):
     # As a user runs it: TF_ENABLE_ONEDNN_OPTS left for the command to decide.
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    return subprocess.run(
-        [sys.executable, "-m", "keras_xception.cli", "benchmark", *map(str, args)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
+    return commandline.run("benchmark", *args, env={**env, **extra_env}, timeout=600)
 
 
 def test_benchmark_writes_table_and_json(tmp_path):
@@ -52,14 +49,9 @@ def test_bad_settings_exit_1_without_traceback():
 def test_runs_under_jax_with_bf16(tmp_path):
     # The GPU measurement's command (KERAS_BACKEND=jax, bf16), at a tiny size.
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    env["KERAS_BACKEND"] = "jax"
-    done = subprocess.run(
-        [sys.executable, "-m", "keras_xception.cli", "benchmark", "--rounds", "1",
-         "--batch-size", "1", "--sgemm-size", "64", "--mixed-precision", "bf16",
-         "--compare", "default", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
+    done = benchmark("--rounds", "1", "--batch-size", "1", "--sgemm-size", "64",
+                     "--mixed-precision", "bf16", "--compare", "default",
+                     "--json", out, KERAS_BACKEND="jax")
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["machine"]["backend"] == "jax"

@@ -3,12 +3,11 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests import commandline
 from tests.test_inference import synthetic_top
 
 
@@ -44,10 +43,7 @@ def folder(kitchen_photos, tmp_path_factory):
 
 
 def classify(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "keras_xception.cli", "classify", *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    return commandline.run("classify", *args, env=env)
 
 
 def test_json_for_a_folder(folder, top_weights):

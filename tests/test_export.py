@@ -3,10 +3,6 @@
 ONNX and LiteRT need the `export` extra, which the `test` extra includes.
 """
 
-import subprocess
-import sys
-
-import keras
 import numpy as np
 import pytest
 
@@ -14,6 +10,7 @@ from keras_xception import Xception
 from keras_xception.cli.export import export
 from keras_xception.inference import optimize_for_inference
 from keras_xception.preprocessing import load_image, preprocess_input
+from tests import commandline
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +29,8 @@ def test_saved_model_from_the_command_line(imagenet_notop_files, features, photo
     import tensorflow as tf
 
     out = tmp_path / "xception_savedmodel"
-    done = subprocess.run(
-        [sys.executable, "-m", "keras_xception.cli", "export",
-         str(imagenet_notop_files["keras3"]), str(out), "--format", "saved_model"],
-        capture_output=True, text=True, timeout=300,
-    )
+    done = commandline.run("export", imagenet_notop_files["keras3"], out,
+                           "--format", "saved_model")
     assert done.returncode == 0, done.stderr
     loaded = tf.saved_model.load(str(out))
     got = loaded.serve(tf.constant(photos)).numpy()
@@ -71,26 +65,28 @@ def test_failed_export_leaves_nothing_behind(features, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def cli_export(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "keras_xception.cli", "export", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-
-
 def test_bad_output_fails_before_the_weights_are_fetched(tmp_path, keras_home):
     # Offline with an empty cache: reaching the weights would be an error too,
     # but the output path is checked first, without importing TensorFlow.
-    done = cli_export("imagenet", tmp_path / "model.bin", "--format", "onnx")
+    done = commandline.run("export", "imagenet", tmp_path / "model.bin",
+                           "--format", "onnx")
     assert done.returncode == 1
     assert done.stderr == (
         f"error: The onnx output must be a file ending in '.onnx'. "
         f"Received: {tmp_path / 'model.bin'}\n"
     )
-    done = cli_export(tmp_path / "missing.h5", tmp_path / "out")
+    done = commandline.run("export", tmp_path / "missing.h5", tmp_path / "out")
     assert done.returncode == 1
     assert done.stderr.startswith("error: Weights file not found: ")
     assert done.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_imagenet_offline_without_cached_weights_says_what_to_do(tmp_path, keras_home):
+    done = commandline.run("export", "imagenet", tmp_path / "out")
+    assert done.returncode == 1
+    # One line, the weights module's (where the file goes), before TensorFlow.
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert str(keras_home) in done.stderr and not (tmp_path / "out").exists()
 
 
 def test_onnx_matches(features, photos, tmp_path):

@@ -3,8 +3,6 @@
 import json
 import os
 import pathlib
-import subprocess
-import sys
 import zipfile
 
 import keras
@@ -12,19 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import commandline
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def cli(*args, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_XCEPTION_OFFLINE="1")
-    return subprocess.run(
-        [sys.executable, "-m", "keras_xception.cli", "fine-tune", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return commandline.run("fine-tune", *args, env=env, timeout=timeout, cwd=ROOT)
 
 
 def make_dataset(root, classes=("cat", "dog"), per_class=4, size=40):
