@@ -1,0 +1,240 @@
+"""One way to write a file or folder so that a crash never leaves half of it.
+
+Everything the package writes to a path a user will read (the weights cache,
+saved models, checkpoints, exports, batch results) goes through here:
+
+- the content is written under a temporary name in the destination's own
+  folder (so the final `rename` never crosses a file system);
+- it is flushed to disk (`fsync`), given the mode a new file would get under
+  the process's umask (temporary files from `tempfile` are 0600, which a
+  shared cache or a container running as another user cannot read), and
+  renamed into place with `os.replace`, which is atomic on POSIX and Windows;
+- the folder's entry is flushed too, so the rename survives a power cut;
+- on any exception, `KeyboardInterrupt` included, the temporary file or folder
+  is removed and the destination is left as it was.
+
+A process killed with SIGKILL cannot clean up: its temporary name (which
+starts with `.` and ends with `.tmp`) may stay behind, but never the final
+path. `stale_temporaries` finds such leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+
+from keras_xception.errors import ConfigError
+
+TEMP_SUFFIX = ".tmp"
+
+_umask_lock = threading.Lock()
+
+
+def umask() -> int:
+    """The process's current umask (read without changing it for long)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permission bits a new regular file gets: `0o666 & ~umask`."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """The permission bits a new folder gets: `0o777 & ~umask`."""
+    return 0o777 & ~umask()
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flushes a folder's entries to disk (a no-op where that is unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Path:
+    """Checks that `path` could be written, before any work is done for it.
+
+    Args:
+        path: The destination file or folder.
+        what: How to name it in the error, e.g. `"--output"`.
+
+    Returns:
+        `path` as an absolute `pathlib.Path` (the user's `~` expanded).
+
+    Raises:
+        ConfigError: If a component of the parent is a file, or the parent
+            exists and cannot be written to.
+    """
+    path = pathlib.Path(path).expanduser().absolute()
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"Cannot write {what} {str(path)!r}: {str(parent)!r} is a "
+                    "file, not a folder. Choose another path."
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"Cannot write {what} {str(path)!r}: the folder "
+                    f"{str(parent)!r} is not writable. Choose another path."
+                )
+            break
+        if parent.is_symlink():  # A dangling link where a folder should be.
+            raise ConfigError(
+                f"Cannot write {what} {str(path)!r}: {str(parent)!r} is a "
+                "link to nothing. Choose another path."
+            )
+    return path
+
+
+def _temporary_name(path: pathlib.Path, suffix: str) -> pathlib.Path:
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX + suffix
+    )
+    os.close(fd)
+    return pathlib.Path(name)
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _fsync_file(path: pathlib.Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite=True) -> None:
+    """Moves a complete temporary file or folder to its final path.
+
+    Flushes `tmp`, gives it the mode a new file (or folder) gets under the
+    umask, renames it to `path` and flushes the folder.
+
+    Args:
+        tmp: The temporary file or folder, in `path`'s folder.
+        path: The final path.
+        overwrite: Whether an existing file at `path` may be replaced. A
+            folder is only ever put where nothing, or an empty folder, is.
+
+    Raises:
+        FileExistsError: If `path` exists and may not be replaced.
+    """
+    tmp, path = pathlib.Path(tmp), pathlib.Path(path)
+    if tmp.is_dir():
+        for root, dirs, files in os.walk(tmp):
+            os.chmod(root, dir_mode())
+            for name in files:
+                full = pathlib.Path(root, name)
+                os.chmod(full, file_mode())
+                _fsync_file(full)
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()  # Only an empty folder: OSError(ENOTEMPTY) otherwise.
+        elif path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, "Output exists", str(path))
+    else:
+        os.chmod(tmp, file_mode())
+        _fsync_file(tmp)
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise FileExistsError(errno.EEXIST, "Output exists", str(path))
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = "", directory=False, overwrite=True):
+    """A temporary path to write `path`'s content to; moved into place on success.
+
+    Use it where a library writes the file itself (`model.save`, h5py,
+    `Model.export`):
+
+        with atomic_path("model.keras", suffix=".keras") as tmp:
+            model.save(tmp)
+
+    Args:
+        path: The final file or folder.
+        suffix: Appended to the temporary name, for writers that insist on
+            an extension (Keras wants `.keras` and `.weights.h5`).
+        directory: Whether the content is a folder. The temporary folder is
+            created (empty); for a file, an empty file is.
+        overwrite: Whether an existing file at `path` may be replaced.
+
+    Yields:
+        The temporary `pathlib.Path`, beside `path`.
+    """
+    path = pathlib.Path(path)
+    if directory:
+        tmp = pathlib.Path(
+            tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        )
+    else:
+        tmp = _temporary_name(path, suffix)
+    try:
+        yield tmp
+        publish(tmp, path, overwrite=overwrite)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, overwrite=True, **open_kwargs):
+    """Opens a temporary file for writing; it replaces `path` when closed cleanly.
+
+        with atomic_write("history.json", "w") as f:
+            json.dump(history, f)
+
+    Args:
+        path: The final file.
+        mode: `open` mode: `"wb"` (default) or `"w"`.
+        overwrite: Whether an existing file at `path` may be replaced.
+        **open_kwargs: Passed to `open` (`encoding=`, for one).
+
+    Yields:
+        The open file object.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_write writes files; mode must contain 'w'. Received: mode={mode!r}")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically replaces `path` with `data`."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Atomically replaces `path` with `text`."""
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def stale_temporaries(folder: str | os.PathLike, name: str) -> list[pathlib.Path]:
+    """Temporary files or folders left beside `folder/name` by a killed process."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return []
+    prefix = f".{name}."
+    return sorted(
+        p for p in folder.iterdir()
+        if p.name.startswith(prefix) and TEMP_SUFFIX in p.name[len(prefix):]
+    )
