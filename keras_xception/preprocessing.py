@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from importlib import resources
 
 import numpy as np
 
-from keras_xception.errors import ConfigError, ImageError
+from keras_xception.errors import ConfigError
+
+# Re-exported: the file extensions searched for in folders and how images are
+# resized, both defined in `keras_xception.images`.
+from keras_xception.images import IMAGE_EXTENSIONS, RESIZE_METHOD  # noqa: F401
 
 NUM_CLASSES = 1000
-
-# File extensions read as images when a folder is searched (case-insensitive),
-# by `keras-xception classify` and by the fine-tuning dataset scan.
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-)
-
-# How `load_image` resizes. PIL's bilinear filter widens its support when
-# shrinking, so a downscale is antialiased (unlike Keras's `load_img`, whose
-# default "nearest" aliases fine texture). Bilinear is also the resize that
-# Keras's own image-classification examples and keras-hub's Xception image
-# converter use, so predictions stay comparable with theirs.
-RESIZE_METHOD = "bilinear"
 
 
 def _check_data_format(data_format):
@@ -148,38 +138,17 @@ def decode_predictions(preds, top=5):
     return results
 
 
-def _to_rgb(image):
-    """Converts any PIL mode to RGB, compositing transparency onto white."""
-    from PIL import Image
-
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit and float grayscale: scale the value range to 8 bits
-        # instead of letting PIL clip everything above 255 to white. The
-        # I;16 modes are 16-bit whatever their content (a dark image stays
-        # dark); for 32-bit "I" and "F" the values tell the range.
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.size else 0.0
-        sixteen_bit = image.mode.startswith("I;16") or top > 255
-        scale = 255.0 / (65535.0 if sixteen_bit else 255.0)
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P":
-        # Palette images may carry transparency in the palette.
-        image = image.convert("RGBA")
-    if image.mode in ("LA", "La", "PA"):
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "RGBa"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    return image.convert("RGB")
-
-
 def load_image(path, target_size=(299, 299)):
     """Loads an image file as a float32 RGB array with values in [0, 255].
 
-    Grayscale, palette, CMYK, 16-bit and transparent images are converted to
-    RGB (transparent areas become white), and the EXIF orientation is
-    applied, so a photo taken in portrait comes out upright.
+    The same decoding as `keras-xception classify` and the training
+    datasets (`keras_xception.images.decode`): grayscale, palette, CMYK,
+    16-bit and transparent images are converted to RGB (transparent areas
+    become white); the EXIF orientation is applied, so the array is the
+    photo as a phone or image viewer shows it; large JPEGs are decoded at a
+    reduced scale first; images over the pixel limit
+    (`keras_xception.images.MAX_PIXELS`, or KERAS_XCEPTION_MAX_PIXELS) are
+    refused.
 
     Args:
         path: Path of the image file.
@@ -192,41 +161,10 @@ def load_image(path, target_size=(299, 299)):
 
     Raises:
         keras_xception.errors.ImageError: (a `ValueError`) if the file is
-            missing or cannot be decoded as an image. The message names the
-            path.
+            missing, cannot be decoded as an image or is over the pixel
+            limit. The message names the path.
         ValueError: If `target_size` is not `None` or two positive integers.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from keras_xception.images import decode
 
-    if target_size is not None:
-        try:
-            height, width = (int(v) for v in target_size)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                "`target_size` must be (height, width) or None. "
-                f"Received: target_size={target_size!r}"
-            ) from None
-        if height < 1 or width < 1:
-            raise ConfigError(
-                "`target_size` must be positive. "
-                f"Received: target_size={target_size!r}"
-            )
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageError(f"Image file not found: {path!r}")
-    if os.path.isdir(path):
-        raise ImageError(f"Expected an image file, got a directory: {path!r}")
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            if target_size is not None and image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.float32)
-    except UnidentifiedImageError:
-        raise ImageError(
-            f"Cannot read {path!r}: it is not an image file in a format "
-            "Pillow can decode."
-        ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"Cannot read image {path!r}: {err}") from None
+    return decode(path, target_size)
