@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -56,14 +58,19 @@ def cache(tmp_path, monkeypatch):
 
 
 def leftovers(folder: pathlib.Path) -> list[str]:
-    """Files in the cache folder other than lock files."""
+    """Files in the cache folder other than lock files and digest records."""
     if not folder.exists():
         return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.endswith((".lock", ".verified"))
+    )
 
 
 def get(url, data, **kwargs):
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("fname", FNAME)
     return download(url, file_hash=md5(data), **kwargs)
 
 
@@ -131,7 +138,7 @@ def test_html_page_says_so(server, cache, payload):
     page = b"<!DOCTYPE html>\n<html><body><form>Sign in</form></body></html>"
     url = server.add(FNAME, page, content_type="text/html")
     with pytest.raises(WeightsError, match="HTML page came back") as err:
-        download(url, cache_dir=cache.parent, progress=False)
+        download(url, cache_dir=cache.parent, progress=False, fname=FNAME)
     assert "login or proxy page" in str(err.value)
     assert leftovers(cache) == []
 
@@ -179,7 +186,7 @@ FAILURES = {
     "wrong hash": dict(file_hash="f" * 32),
     "stall": dict(faults=[Stall()]),
     "503 forever": dict(faults=[Status(503)] * 5),
-    "cut, then 500": dict(faults=[Cut(50_000), Status(500)]),
+    "cut, then 500": dict(faults=[Cut(50_000), Status(500)], keeps_part=True),
 }
 
 
@@ -202,7 +209,9 @@ def test_nothing_is_left_at_the_final_path_after_a_failure(
             progress=False,
         )
     assert not (cache / FNAME).exists()
-    assert leftovers(cache) == []
+    # Only a network failure after some bytes arrived keeps them, for resuming.
+    kept = [f".{FNAME}.part", f".{FNAME}.part.json"] if spec.get("keeps_part") else []
+    assert leftovers(cache) == kept
 
 
 # The cache.
@@ -232,7 +241,7 @@ def test_truncated_cached_file_without_hash_is_downloaded_again(server, cache, p
     (cache / FNAME).write_bytes(payload[: len(payload) // 2])
     url = server.add(FNAME, payload)
     with pytest.warns(CachedFileWarning, match="truncated"):
-        path = download(url, progress=False)
+        path = download(url, progress=False, fname=FNAME)
     assert path.read_bytes() == payload
 
 
@@ -265,7 +274,7 @@ def test_four_processes_end_with_one_verified_file(server, cache, tmp_path):
         pathlib.Path(sys.argv[1]).touch()
         while not os.path.exists({str(go)!r}):
             time.sleep(0.01)
-        print(download({url!r}, file_hash={md5(payload)!r}, progress=False))
+        print(download({url!r}, file_hash={md5(payload)!r}, fname={FNAME!r}, progress=False))
         """
     )
     root = pathlib.Path(__file__).resolve().parents[1]
@@ -407,6 +416,7 @@ def test_fetch_tries_the_next_url_and_reports_each(
     with pytest.raises(WeightsError, match="any of its 2 URLs") as err:
         fetch(include_top=False, progress=False)
     assert str(err.value).count("HTTP 404") == 2
+    assert "\n" not in str(err.value)
 
 
 def test_mirror_must_be_an_http_url(cache, monkeypatch):
@@ -437,3 +447,101 @@ def test_committed_manifest_matches_the_registry():
     assert manifest == registry.manifest_json()
     for readme in (root / "weights" / "README.md", root / "README.md"):
         assert registry.manifest_table() in readme.read_text(encoding="utf8"), readme
+
+
+# Where progress goes.
+
+
+def test_progress_to_a_stream_leaves_stdout_empty(server, cache, payload, capsys):
+    stream = io.StringIO()
+    get(server.add(FNAME, payload), payload, progress=stream)
+    assert capsys.readouterr() == ("", "")
+    report = stream.getvalue()
+    assert f"Downloading {server.url(FNAME)}" in report
+    assert "100%" in report and "\x1b" not in report and "\r" not in report
+
+
+def test_progress_to_a_stream_reports_retries_there(server, cache, payload, capsys):
+    url = server.add(FNAME, payload, faults=[Status(503)])
+    stream = io.StringIO()
+    get(url, payload, progress=stream)
+    assert capsys.readouterr() == ("", "")
+    assert "HTTP 503" in stream.getvalue() and "retrying" in stream.getvalue()
+
+
+def test_progress_must_be_a_bool_or_a_stream(server, cache, payload):
+    url = server.add(FNAME, payload)
+    with pytest.raises(WeightsError, match=r"Received: progress='stderr'"):
+        get(url, payload, progress="stderr")
+    assert server.requests == []
+
+
+# No network: fail at once, say the way out.
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Counts the connections opened, by (host, port)."""
+    made = []
+    real = socket.create_connection
+
+    def counting(address, *args, **kwargs):
+        made.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counting)
+    return made
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unresolvable_host_fails_at_once_without_retrying(server, cache, connections):
+    url = "http://nonexistent.invalid/weights/model.h5"
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as err:
+        download(url, fname=FNAME, retries=3, progress=False)
+    assert time.monotonic() - start < 5  # Retrying would sleep 3.5 s and more.
+    assert connections == [("nonexistent.invalid", 80)]
+    message = str(err.value)
+    assert "\n" not in message
+    assert "cannot be resolved" in message and url in message
+    assert "--weights PATH" in message and "KERAS_XCEPTION_OFFLINE=1" in message
+    assert str(cache / FNAME) in message
+    assert leftovers(cache) == []
+
+
+def test_refused_connection_is_not_retried(server, cache, connections):
+    port = closed_port()
+    with pytest.raises(WeightsError, match="refused the connection"):
+        download(f"http://127.0.0.1:{port}/m.h5", retries=3, progress=False)
+    assert connections == [("127.0.0.1", port)]
+
+
+def test_fetch_with_no_network_names_the_file_and_the_three_ways_out(
+    server, cache, connections, monkeypatch
+):
+    entry = registry.get(include_top=False)
+    port = closed_port()
+    unreachable = (
+        f"http://nonexistent.invalid/{entry.fname}",
+        f"http://127.0.0.1:{port}/{entry.fname}",
+    )
+    monkeypatch.setattr(
+        registry,
+        "WEIGHTS",
+        tuple(dataclasses.replace(e, urls=unreachable) for e in registry.WEIGHTS),
+    )
+    with pytest.raises(WeightsError) as err:
+        fetch(include_top=False, progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert len(connections) == 2  # One attempt per URL.
+    assert f"none of its 2 URLs can be reached" in message
+    assert entry.fname in message and str(cache / entry.fname) in message
+    for way_out in ("--weights PATH", "KERAS_XCEPTION_WEIGHTS_URL", "KERAS_XCEPTION_OFFLINE=1"):
+        assert way_out in message

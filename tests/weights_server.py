@@ -7,11 +7,18 @@ consumed one per request before the body is served normally:
     server.add("/w.h5", body, faults=[Status(503), Status(503)])
 
 Every request's path and headers are recorded in `server.requests`.
+
+Each body is served with an `ETag` (its md5) and a `Last-Modified` date, and
+honours `Range: bytes=N-` and `If-Range` as a real server does: a validator
+that is not the current body's gets the whole body (200). `validators=False`
+serves neither header, `honor_if_range=False` ignores `If-Range`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import email.utils
+import hashlib
 import http.server
 import socket
 import threading
@@ -45,6 +52,17 @@ class Route:
     content_type: str = "application/octet-stream"
     honor_range: bool = True
     chunk_delay: float = 0.0
+    validators: bool = True
+    honor_if_range: bool = True
+    modified: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.md5(self.body).hexdigest() + '"'
+
+    @property
+    def last_modified(self) -> str:
+        return email.utils.formatdate(self.modified, usegmt=True)
 
 
 class Server:
@@ -79,10 +97,20 @@ class Server:
         content_type="application/octet-stream",
         honor_range=True,
         chunk_delay=0.0,
+        validators=True,
+        honor_if_range=True,
+        modified=None,
     ) -> str:
         """Serves `body` at `path` after the `faults`; returns the URL."""
         self.routes["/" + path.lstrip("/")] = Route(
-            body, list(faults), content_type, honor_range, chunk_delay
+            body,
+            list(faults),
+            content_type,
+            honor_range,
+            chunk_delay,
+            validators,
+            honor_if_range,
+            time.time() if modified is None else modified,
         )
         return self.url(path)
 
@@ -126,12 +154,22 @@ def _handler(server: Server):
                 and wanted.endswith("-")
             ):
                 start = int(wanted[len("bytes=") : -1])
+                condition = self.headers.get("If-Range")
+                if (
+                    route.honor_if_range
+                    and condition is not None
+                    and condition not in (route.etag, route.last_modified)
+                ):
+                    start = 0  # Changed since: the whole new body.
             if start >= len(route.body) and start:
                 return self._status(416)
             body = route.body[start:]
             self.send_response(206 if start else 200)
             self.send_header("Content-Type", route.content_type)
             self.send_header("Content-Length", str(len(body)))
+            if route.validators:
+                self.send_header("ETag", route.etag)
+                self.send_header("Last-Modified", route.last_modified)
             if start:
                 total = len(route.body)
                 self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")

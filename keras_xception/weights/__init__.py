@@ -6,13 +6,14 @@
     weights.verify(path, include_top=False)   # raises WeightsError if wrong
 
 The files are declared once in `registry.WEIGHTS`. Nothing here imports Keras
-or TensorFlow (the progress bar imports Keras's only while downloading), so
+or TensorFlow (`progress=True` imports Keras's bar only while downloading), so
 checking a file costs what h5py costs.
 
 Environment variables:
 
 - `KERAS_HOME`: the cache is `$KERAS_HOME/models`, as for `keras.applications`.
-- `KERAS_XCEPTION_WEIGHTS_URL`: a mirror; file names are appended to it.
+- `KERAS_XCEPTION_WEIGHTS_URL`: a mirror; official file names are appended
+  to it.
 - `KERAS_XCEPTION_OFFLINE=1`: never use the network; a missing file is an
   error that says where to put it.
 - `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`: proxies, read by `urllib`.
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-def resolve(weights, *, include_top) -> pathlib.Path:
+def resolve(weights, *, include_top, progress=True) -> pathlib.Path:
     """The local file for the builder's `weights` argument.
 
     Args:
@@ -47,6 +48,8 @@ def resolve(weights, *, include_top) -> pathlib.Path:
             the cache), or the path of a local file.
         include_top: Whether the model has the classifier; picks the
             `"imagenet"` file.
+        progress: Where a download reports progress: `True` (Keras's bar on
+            stdout), `False` (nowhere) or a text stream such as `sys.stderr`.
 
     Returns:
         The path of an existing file; read it with `read_weights`.
@@ -56,9 +59,9 @@ def resolve(weights, *, include_top) -> pathlib.Path:
             not exist.
     """
     if isinstance(weights, str) and weights == "imagenet":
-        return fetch(include_top)
+        return fetch(include_top, progress=progress)
     if is_url(weights):
-        return download(weights)
+        return download(weights, progress=progress)
     if not isinstance(weights, (str, os.PathLike)):
         raise WeightsError(
             "`weights` must be 'imagenet', an http(s) URL or the path of a "

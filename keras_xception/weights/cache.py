@@ -11,13 +11,22 @@ official files downloads nothing:
 
 When that folder is not writable either, files are looked up there first and
 then in `/tmp/.keras/models`, where new downloads go, as Keras falls back.
+
+Official files keep their official names, so the cache is shared with
+`keras.applications`. Any other URL is cached under its file name with the
+first 12 hex digits of the sha256 of the whole URL inserted before the first
+dot (`model.weights.h5` from `https://host/a/model.weights.h5` is cached as
+`model-<12 hex>.weights.h5`), so two URLs that end in the same name never
+share a file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import tempfile
+import urllib.parse
 
 from keras_xception.errors import WeightsError
 
@@ -64,10 +73,47 @@ def cache_dirs(cache_dir: str | os.PathLike | None = None) -> tuple[pathlib.Path
     """
     base = pathlib.Path(cache_dir).expanduser() if cache_dir else keras_home()
     primary = base / SUBDIR
+    if cache_dir:
+        _check_not_blocked(primary)
     if _writable(primary):
         return (primary,)
     fallback = _tmp_root() / ".keras" / SUBDIR
     return (primary,) if fallback == primary else (primary, fallback)
+
+
+def _check_not_blocked(folder: pathlib.Path) -> None:
+    """Refuses a cache folder that cannot exist because a file is in its way."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise WeightsError(
+                    f"Cannot use the cache folder {folder}: {candidate} is a file, "
+                    f"not a folder. Choose another cache_dir. Received: "
+                    f"cache_dir={str(folder.parent)!r}"
+                )
+            return
+
+
+def url_fname(url: str) -> str:
+    """The cache file name of a URL that is not an official file's.
+
+    The URL's file name with `-<first 12 hex digits of sha256(url)>` inserted
+    before its first dot (after a leading one), so every suffix is kept.
+
+    Args:
+        url: The full URL, query included.
+
+    Returns:
+        A plain file name, e.g. `model-3f2a9c1b7d4e.weights.h5`.
+    """
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    name = pathlib.PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+    if name in ("", ".", ".."):
+        return f"weights-{key}.h5"
+    dot = name.find(".", 1)
+    if dot < 0:
+        return f"{name}-{key}"
+    return f"{name[:dot]}-{key}{name[dot:]}"
 
 
 def download_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:

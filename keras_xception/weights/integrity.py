@@ -39,11 +39,25 @@ def hash_algorithm(file_hash: str) -> str:
 
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:
     """The hex digest of a file's contents."""
-    hasher = hashlib.new(algorithm)
+    return file_digests(path, (algorithm,))[algorithm]
+
+
+def file_digests(path: str | os.PathLike, algorithms) -> dict[str, str]:
+    """Hex digests of a file's contents by several algorithms, in one read.
+
+    Args:
+        path: The file.
+        algorithms: `hashlib` names, e.g. `("md5", "sha256")`.
+
+    Returns:
+        A dict from algorithm name to hex digest.
+    """
+    hashers = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 
 def hash_mismatch(path: str | os.PathLike, file_hash: str) -> tuple[str, str] | None:

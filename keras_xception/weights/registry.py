@@ -141,6 +141,14 @@ def by_fname(fname: str) -> WeightsFile | None:
     return None
 
 
+def by_url(url: str) -> WeightsFile | None:
+    """The declaration that lists `url` among its download URLs, or `None`."""
+    for entry in WEIGHTS:
+        if url in entry.urls:
+            return entry
+    return None
+
+
 def manifest() -> dict:
     """The declarations as plain JSON-ready data (`weights/manifest.json`)."""
     files = []
