@@ -12,6 +12,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -145,10 +146,11 @@ def test_download_hash_mismatch_exits_1(run, online, monkeypatch):
     assert not (online / TOP.fname).exists()
 
 
-def test_variant_flags_are_exclusive(run):
+def test_variant_flags_are_exclusive(run, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run("download", "--no-top", "--all")
-    assert exit_info.value.code == 2
+    assert exit_info.value.code != 0
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_weights_command_imports_neither_keras_nor_tensorflow():
@@ -166,3 +168,44 @@ def test_weights_command_imports_neither_keras_nor_tensorflow():
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_download_reports_progress_on_stderr_and_only_the_path_on_stdout(
+    run, online, monkeypatch, tmp_path
+):
+    body = xception_legacy(tmp_path / "src.h5", include_top=False).read_bytes()
+    with_md5(monkeypatch, False, md5(body))
+    with Server() as server:
+        server.add(NOTOP.fname, body)
+        monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", server.base)
+        status, out, err = run("download", "--no-top")
+    assert status == 0, err
+    assert out == f"{online / NOTOP.fname}\n"
+    assert f"Downloading {server.url(NOTOP.fname)}" in err and "100%" in err
+
+
+def test_download_without_network_fails_at_once_with_one_line(run, online, monkeypatch):
+    monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", "http://nonexistent.invalid/w/")
+    start = time.monotonic()
+    status, out, err = run("download", "--no-top")
+    assert time.monotonic() - start < 5
+    assert status == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert NOTOP.fname in err and "cannot be resolved" in err
+    for way_out in ("--weights PATH", "KERAS_XCEPTION_WEIGHTS_URL", "KERAS_XCEPTION_OFFLINE=1"):
+        assert way_out in err
+
+
+def test_download_into_a_cache_dir_under_a_file_fails_before_any_request(
+    run, online, monkeypatch, tmp_path
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with Server() as server:
+        server.add(NOTOP.fname, h5_bytes())
+        monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", server.base)
+        status, out, err = run("download", "--no-top", "--cache-dir", blocker / "cache")
+        assert server.requests == []
+    assert status == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "--cache-dir" in err and f"{str(blocker)!r} is a file" in err

@@ -4,12 +4,16 @@
     keras-xception weights verify PATH [--include-top | --no-top]
     keras-xception weights path
 
-Exit status 0 when everything is in order, 1 otherwise.
+Results (paths, states) go to stdout; download messages and progress to
+stderr. Exit status 0 when everything is in order, 1 otherwise, with one
+`error: ...` line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 
 HELP = "download, verify and locate the pretrained weight files"
 
@@ -72,7 +76,9 @@ def add_parser(subparsers) -> None:
     _variant_flags(download, with_all=True, default_help="Default: --include-top.")
     _cache_dir_flag(download)
     download.add_argument(
-        "--no-progress", action="store_true", help="do not show a progress bar"
+        "--no-progress",
+        action="store_true",
+        help="do not report progress (it goes to stderr)",
     )
 
     verify = actions.add_parser(
@@ -103,19 +109,26 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def _check_cache_dir(cache_dir) -> None:
+    """Fails at once when `--cache-dir` cannot hold the cache folder."""
+    if cache_dir is not None:
+        from keras_xception import fileio
+        from keras_xception.weights import cache
+
+        fileio.check_parent(pathlib.Path(cache_dir) / cache.SUBDIR, what="--cache-dir")
+
+
 def _download(args) -> int:
     from keras_xception.weights import fetch
 
+    _check_cache_dir(args.cache_dir)
+    progress = False if args.no_progress else sys.stderr
     for include_top in args.variants or (True,):
-        print(
-            fetch(include_top, cache_dir=args.cache_dir, progress=not args.no_progress)
-        )
+        print(fetch(include_top, cache_dir=args.cache_dir, progress=progress), flush=True)
     return 0
 
 
 def _verify(args) -> int:
-    import pathlib
-
     from keras_xception.weights import registry, validate
 
     file_hash = args.file_hash
@@ -136,12 +149,12 @@ def _verify(args) -> int:
 def _state(path, entry) -> tuple[bool, str]:
     """`(ok, words)` for one cached file."""
     from keras_xception.errors import WeightsError
-    from keras_xception.weights import integrity, validate
+    from keras_xception.weights import integrity, validate, verified
 
     problem = integrity.content_problem(path)
     if problem is not None:
         return False, f"bad: {problem.what}"
-    mismatch = integrity.hash_mismatch(path, entry.file_hash)
+    mismatch = verified.mismatch(path, entry.file_hash)
     if mismatch is not None:
         algorithm, received = mismatch
         return False, (

@@ -375,6 +375,7 @@ class _Transfer:
             self._restart(out)
             self.total = length
             self.meta = self.part.save_meta(self.url, response, self.total)
+            self.progress.message(f"Downloading {self.url} to {self.part.target}")
             self.progress.start(self.total)
         if self.total is not None:
             self._check_space(self.total - self.written)
@@ -408,7 +409,6 @@ def _download_to(url, target: pathlib.Path, *, file_hash, timeout, retries, prog
     """Downloads `url` and publishes it at `target` once it is verified."""
     algorithm = integrity.hash_algorithm(file_hash) if file_hash else None
     part = _Part(target)
-    progress.message(f"Downloading {url} to {target}")
     for attempt in range(2):
         transfer = _Transfer(
             url, part, timeout=timeout, retries=retries, progress=progress,
