@@ -115,11 +115,11 @@ def _unreachable(err: BaseException) -> str | None:
     ):
         err = err.reason
     if isinstance(err, socket.gaierror):
-        return f"cannot be resolved ({err.strerror or err}; no network or DNS?)"
+        return f"cannot be resolved, no network or no DNS: {err.strerror or err}"
     if isinstance(err, ConnectionRefusedError):
-        return "refused the connection (no server listening there)"
+        return "refused the connection: no server listens there"
     if isinstance(err, OSError) and err.errno in _NO_ROUTE:
-        return f"cannot be reached ({os.strerror(err.errno)})"
+        return f"cannot be reached: {os.strerror(err.errno)}"
     return None
 
 
@@ -535,7 +535,7 @@ def _combined(fname, errors, ways_out) -> WeightsError:
         )
         return WeightsError(
             f"Could not download {fname}: none of its {len(errors)} URLs can be "
-            f"reached ({hosts}). {ways_out}"
+            f"reached; {hosts}. {ways_out}"
         )
     return WeightsError(
         f"Could not download {fname} from any of its {len(errors)} URLs: "
