@@ -355,3 +355,19 @@ def test_a_downloaded_file_is_not_hashed_again_on_first_use(
     path = fetch(include_top=False, progress=False)
     monkeypatch.setattr(integrity, "hashlib", None)  # Any hashing would fail.
     assert fetch(include_top=False, progress=False) == path
+
+
+def test_a_file_larger_than_the_free_space_fails_before_writing(
+    server, cache, payload, monkeypatch
+):
+    import shutil
+
+    url = server.add(FNAME, payload)
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: usage._replace(free=1000)
+    )
+    with pytest.raises(WeightsError, match="Disk full") as err:
+        get(url, payload)
+    assert f"needs {len(payload):,} bytes and 1,000 bytes are free" in str(err.value)
+    assert leftovers(cache) == []

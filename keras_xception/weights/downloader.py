@@ -399,9 +399,13 @@ class _Transfer:
             )
 
     def _check_space(self, needed: int) -> None:
-        with contextlib.suppress(OSError):
-            if shutil.disk_usage(self.part.path.parent).free < needed:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.part.path))
+        """Fails now, rather than midway, when the disk cannot hold the rest."""
+        try:
+            free = shutil.disk_usage(self.part.path.parent).free
+        except OSError:
+            return
+        if free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.part.path))
 
 
 def _download_to(url, target: pathlib.Path, *, file_hash, timeout, retries, progress,
