@@ -52,6 +52,7 @@ def test_corrupt_and_non_image_files_are_named_before_training(tmp_path):
     assert_clean_error(
         result,
         "3 of the 11 files",
+        "are not usable images",
         os.path.join("cat", "broken.jpg"),
         os.path.join("dog", "truncated.png"),
         os.path.join("dog", "notes.txt"),
@@ -81,13 +82,17 @@ def test_missing_data_dir_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--image-size", "64"], "--image-size must be at least 71"),
+        (["--image-size", "64"], "--image-size must be an integer of at least 71"),
         (["--unfreeze-from", "block99"], "Valid blocks: block1, block2"),
         (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
         (["--workers", "2"], "--workers only applies with --strategy multiworker"),
         (["--strategy", "multiworker"], "needs TF_CONFIG"),
         (["--weights", "missing.h5"], "existing weights file"),
         (["--epochs", "0", "--fine-tune-epochs", "0"], "Nothing to train"),
+        (
+            ["--strategy", "multiworker", "--workers", "2", "--batch-size", "3"],
+            "--batch-size must be a multiple of --workers",
+        ),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path, options, message):
@@ -101,13 +106,39 @@ def test_output_must_be_a_keras_file(tmp_path):
     assert_clean_error(result, "--output must name a .keras file")
 
 
-def test_interrupted_run_needs_resume(tmp_path):
+def test_interrupted_run_needs_resume_or_overwrite(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=1)
     work = tmp_path / "out.training"
-    (work / "backup-head").mkdir(parents=True)
-    (work / "backup-head" / "training_metadata.json").write_text('{"epoch": 1}')
+    work.mkdir()
+    (work / "checkpoint-1-0001.npz").write_bytes(b"state")
     result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
-    assert_clean_error(result, "interrupted training run", "--resume")
+    assert_clean_error(result, "interrupted training run", "--resume", "--overwrite")
+    assert (work / "checkpoint-1-0001.npz").read_bytes() == b"state"
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=1)
+    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none", "--resume")
+    assert_clean_error(result, "Nothing to resume", "out.training")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=1)
+    out = tmp_path / "out.keras"
+    out.write_bytes(b"an earlier model")
+    result = cli(data, "--output", out, "--weights", "none")
+    assert_clean_error(result, "already exists", "--overwrite")
+    assert out.read_bytes() == b"an earlier model"
+
+
+def test_output_path_is_checked_before_any_image(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=1)
+    (data / "cat" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "file").write_text("a file where a folder should be")
+    result = cli(data, "--output", tmp_path / "file" / "out.keras", "--weights", "none")
+    assert_clean_error(result, "is a file, not a folder")
+    assert "broken.jpg" not in result.stderr
 
 
 @pytest.mark.slow
@@ -138,29 +169,33 @@ def test_fine_tune_run_saves_a_raw_input_model_with_class_names(
         "mirrored",
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    out_lines = result.stdout.splitlines()
+    # The result on stdout, one line; progress on stderr.
+    assert result.stdout.startswith(f"saved {out} (3 classes: cat, dog, fox; 2 epochs;")
+    assert len(result.stdout.splitlines()) == 1, result.stdout
+    err_lines = result.stderr.splitlines()
     assert any(
-        "12 images in 3 classes (cat 4, dog 4, fox 4)" in line for line in out_lines
+        "12 images in 3 classes (cat 4, dog 4, fox 4)" in line for line in err_lines
     )
     assert any(
-        line.startswith("[head] epoch 1/1:") and "val_accuracy" in line
-        for line in out_lines
-    ), result.stdout
-    assert any(line.startswith("[fine-tune] epoch 2/2:") for line in out_lines), (
-        result.stdout
-    )
-    assert f"saved {out}" in result.stdout
+        line.startswith("phase 1/2 (head), epoch 1/1:") and "val_accuracy" in line
+        for line in err_lines
+    ), result.stderr
+    assert any(
+        line.startswith("phase 2/2 (fine-tune), epoch 1/1:") for line in err_lines
+    ), result.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "pets.keras",
         "pets.training",
     ]
+    # Checkpoints removed, the best epoch's weights kept on purpose.
+    assert sorted(p.name for p in (out.parent / "pets.training").iterdir()) == [
+        "best.weights.h5"
+    ]
 
     with zipfile.ZipFile(out) as archive:
-        assert json.loads(archive.read("metadata.json"))["class_names"] == [
-            "cat",
-            "dog",
-            "fox",
-        ]
+        metadata = json.loads(archive.read("metadata.json"))
+    assert metadata["class_names"] == ["cat", "dog", "fox"]
+    assert metadata["training"]["history"]["phase"] == ["head", "fine-tune"]
     model = keras.saving.load_model(out)  # no custom_objects
     assert model.input_shape == (None, 71, 71, 3)
     assert model.get_layer("preprocess").get_config()["scale"] == pytest.approx(

@@ -1,0 +1,87 @@
+"""Training data: the folder scan, per-worker shards, and images that go bad."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_xception.errors import DataError
+from keras_xception.training import data
+
+
+def write_png(path, value):
+    pixels = np.full((24, 24, 3), value, "uint8")
+    Image.fromarray(pixels).save(path)
+
+
+def batches(ds):
+    images, labels, weights = [], [], []
+    for x, y, w in ds.as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+        weights.append(w)
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(weights)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_shards_use_every_image_once_and_pad_to_equal_length(count):
+    paths = [f"img{i}.png" for i in range(37)]
+    labels = [i % 2 for i in range(37)]
+    shards = [data.shard(paths, labels, i, count) for i in range(count)]
+    assert len({len(s[0]) for s in shards}) == 1  # same steps on every worker
+    real = [p for s in shards for p, w in zip(s[0], s[2]) if w == 1.0]
+    assert sorted(real) == sorted(paths)  # each image exactly once
+    padding = [(p, w) for s in shards for p, w in zip(s[0], s[2]) if w != 1.0]
+    assert all(p == "" and w == 0.0 for p, w in padding)
+    assert len(padding) == -(-37 // count) * count - 37
+
+
+def test_an_image_deleted_after_the_scan_is_skipped_with_a_warning(tmp_path, capsys):
+    for name, value in (("cat", 30), ("dog", 200)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            write_png(tmp_path / name / f"{name}{i}.png", value)
+    folder = data.scan(tmp_path)
+    gone = tmp_path / "dog" / "dog1.png"
+    gone.unlink()
+    ds = data.make_dataset(folder.paths, folder.labels, image_size=8, batch_size=4)
+    images, labels, weights = batches(ds)
+    assert labels.tolist() == list(folder.labels)
+    skipped = folder.paths.index(str(gone))
+    assert weights.tolist() == [0.0 if i == skipped else 1.0 for i in range(6)]
+    assert not images[skipped].any()
+    assert images[0].mean() == pytest.approx(30, abs=1)
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped an image") == 1 and "dog1.png" in err
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems require UTF-8 names")
+def test_file_names_that_are_not_utf8_train(tmp_path):
+    root = os.fsencode(tmp_path)
+    for name, value in ((b"cat", 30), (b"dog", 200)):
+        os.mkdir(os.path.join(root, name))
+        write_png(os.path.join(root, name, b"caf\xe9-" + name + b".png"), value)
+    folder = data.scan(tmp_path)
+    assert any("\udce9" in p for p in folder.paths)  # undecodable byte kept
+    _, _, weights = batches(
+        data.make_dataset(folder.paths, folder.labels, image_size=8, batch_size=2)
+    )
+    assert weights.tolist() == [1.0, 1.0]
+
+
+def test_scan_reads_headers_and_names_every_bad_file_on_one_line(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        write_png(tmp_path / name / "ok.png", 90)
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = (tmp_path / "dog" / "ok.png").read_bytes()
+    (tmp_path / "dog" / "truncated.png").write_bytes(good[:60])
+    (tmp_path / "dog" / "notes.txt").write_text("labels by hand")
+    with pytest.raises(DataError) as raised:
+        data.scan(tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message
+    for fragment in ("3 of the 5 files", "broken.jpg", "truncated.png", "notes.txt"):
+        assert fragment in message
