@@ -190,8 +190,11 @@ def test_a_killed_download_is_resumed_by_the_next_call(server, cache, tmp_path):
     assert 0 < kept < len(body)
     assert not (cache / FNAME).exists()
 
-    path = download(url, fname=FNAME, file_hash=md5(body), progress=False)
+    report = io.StringIO()
+    path = download(url, fname=FNAME, file_hash=md5(body), progress=report)
     assert path.read_bytes() == body
+    assert f"Resuming {url} at byte {kept:,}" in report.getvalue()
+    assert "100%" in report.getvalue()
     last = server.hits(FNAME)[-1]
     assert last["Range"] == f"bytes={kept}-"
     assert last["If-Range"] == '"' + md5(body) + '"'

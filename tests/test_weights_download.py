@@ -541,7 +541,7 @@ def test_fetch_with_no_network_names_the_file_and_the_three_ways_out(
     message = str(err.value)
     assert "\n" not in message
     assert len(connections) == 2  # One attempt per URL.
-    assert f"none of its 2 URLs can be reached" in message
+    assert "none of its 2 URLs can be reached" in message
     assert entry.fname in message and str(cache / entry.fname) in message
     for way_out in ("--weights PATH", "KERAS_XCEPTION_WEIGHTS_URL", "KERAS_XCEPTION_OFFLINE=1"):
         assert way_out in message

@@ -294,6 +294,7 @@ class _Transfer:
                 self.progress.message(
                     f"Resuming {self.url} at byte {self.written:,} from {self.part.path}"
                 )
+                self.progress.start(self.total)
             else:
                 self._restart(out)
             if not (self.written and self.written == self.total):
