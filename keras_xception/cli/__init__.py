@@ -1,64 +1,130 @@
 """The `keras-xception` command line.
 
 Each subcommand lives in a module of this package that defines
-`add_parser(subparsers)` and `run(args) -> int`. Expected failures
-(`keras_xception.errors.XceptionError`) print `error: <message>` on stderr and
-exit with status 1, without a traceback.
+`add_parser(subparsers)` and `run(args) -> int`.
+
+Exit status:
+
+- 0: success; also when stdout is a pipe whose reader has gone
+  (`keras-xception ... | head -n 1`), quietly.
+- 1: an expected error, reported as one line `error: ...` on stderr without a
+  traceback: a bad option or argument (`keras_xception.cli._args` types and
+  argparse's own checks), any `keras_xception.errors.XceptionError`, or some
+  of the inputs could not be processed (each named on stderr).
+- 130: interrupted (Ctrl-C).
+
+Any other exception is a bug: it keeps its traceback (and exit status 1).
+`--help` and `--version` print to stdout and exit with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 
+from keras_xception.cli import _runtime
+
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ("classify", "weights", "benchmark", "export", "fine_tune")
 
+PROG = "keras-xception"
 
-def _configure_runtime() -> None:
-    """Set TensorFlow's environment before anything imports it.
 
-    oneDNN's fp32 kernels roughly double matmul and convolution throughput on
-    AVX2 CPUs where TensorFlow leaves them off by default; the command line
-    turns them on unless the user has set `TF_ENABLE_ONEDNN_OPTS` already.
-    TensorFlow's C++ start-up logging is quietened the same way.
+class ArgumentParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line on stderr and exit status 1.
+
+    `add_subparsers` makes its subcommands' parsers of the same class, so
+    the rule holds for every command.
     """
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(1, f"error: {message} (see '{self.prog} --help')\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        # The innermost subcommand's parser finishes first: it names itself.
+        if not hasattr(namespace, "_parser"):
+            namespace._parser = self
+        return namespace, extras
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
+    """The parser of `keras-xception` and all its subcommands."""
     from keras_xception import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="keras-xception",
+    parser = ArgumentParser(
+        prog=PROG,
         description="Xception image models for Keras 3: classify, manage "
         "weights, benchmark, export and fine-tune.",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
+    # Not `required`: `parse_args` reports an unknown option before a
+    # missing command, as `keras-xception --frobnicate` calls for.
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
     for name in COMMANDS:
         module = importlib.import_module(f"keras_xception.cli.{name}")
         module.add_parser(subparsers)
     return parser
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parses `argv` (default: `sys.argv[1:]`) for `main`.
+
+    An option the command does not know is reported by that command's parser,
+    so the message points at its `--help`.
+
+    Raises:
+        SystemExit: With status 1 after a usage error, 0 after `--help`.
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    owner = args._parser
+    del args._parser
+    if extras:
+        owner.error(f"unrecognized arguments: {' '.join(extras)}")
+    if args.command is None:
+        owner.error("the following arguments are required: COMMAND")
+    return args
+
+
+def _silence_stdout() -> None:
+    """Points stdout at the null device once its reader has gone.
+
+    Python flushes stdout again at exit; without this, that flush fails too
+    and prints "Exception ignored ... BrokenPipeError".
+    """
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv=None) -> int:
-    _configure_runtime()
+    """Runs `keras-xception`; returns the exit status (see the module doc)."""
+    _runtime.configure()
     from keras_xception.errors import XceptionError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        args = parse_args(argv)
+        _runtime.install()
+        try:
+            status = int(args.run(args) or 0)
+        finally:
+            _runtime.uninstall()
+        sys.stdout.flush()
+        return status
     except XceptionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,161 @@
+"""The command line's frame: help, usage errors, exit codes, pipes, TensorFlow's noise."""
+
+import argparse
+import os
+import zipfile
+
+import pytest
+
+from keras_xception import __version__
+from keras_xception.cli import _args, _runtime
+from tests import commandline
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["classify", "--help"],
+                                  ["weights", "verify", "--help"]])
+def test_help_is_on_stdout_with_status_0(argv):
+    done = commandline.run(*argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: keras-xception")
+    assert done.stderr == ""
+
+
+def test_version_is_on_stdout_with_status_0():
+    done = commandline.run("--version")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, f"keras-xception {__version__}\n", "")
+
+
+def test_usage_error_points_at_the_commands_help():
+    done = commandline.run("weights", "verify", "--hash")
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: argument --hash: expected one argument "
+        "(see 'keras-xception weights verify --help')\n"
+    )
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path):
+    # `keras-xception weights path | head -c 0`: the pipe is closed before
+    # anything is written, so every write to stdout fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = commandline.run("weights", "path", "--cache-dir", tmp_path,
+                               stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_main_returns_0_when_stdout_breaks(tmp_path, monkeypatch, capsys):
+    from keras_xception import cli
+
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    # `main` sets defaults for TensorFlow's variables: keep this process's.
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.stdout", Gone())
+    assert cli.main(["weights", "path", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_tensorflow_start_up_lines_are_not_shown(tmp_path, onednn):
+    # This .keras file passes the quick check, so Keras (and TensorFlow) is
+    # imported before loading it fails: stderr is that failure alone.
+    model = tmp_path / "model.keras"
+    with zipfile.ZipFile(model, "w") as archive:
+        archive.writestr("config.json", "{not json")
+        archive.writestr("model.weights.h5", b"")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    done = commandline.run("export", model, tmp_path / "out", env=env)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"error: Cannot load the Keras model {model}: Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1)\n"
+    )
+
+
+# What TensorFlow 2.21 writes while it is imported with oneDNN on.
+START_UP = [
+    b"WARNING: All log messages before absl::InitializeLog() is called are "
+    b"written to STDERR\n",
+    b"I0000 00:00:1795976018.423033    6107 port.cc:153] oneDNN custom operations "
+    b"are on. You may see slightly different numerical results.\n",
+    b"W0000 00:00:1795976018.5    6107 gpu_device.cc:2344] Cannot dlopen some GPU "
+    b"libraries.\n",
+    b"E0000 00:00:1795976018.6    6107 cuda_dnn.cc:8579] Unable to register cuDNN "
+    b"factory\n",
+    b"WARNING: All log messages before absl::InitializeLog() is called are "
+    b"written to STDERR\n",
+    b"I0000 00:00:1795976021.607716    6107 port.cc:153] oneDNN custom operations "
+    b"are on. You may see slightly different numerical results.\n",
+    b"Traceback (most recent call last):\n",
+    b"Traceback (most recent call last):\n",
+]
+
+
+@pytest.mark.parametrize("level, shown", [
+    (0, [0, 1, 2, 3, 6, 7]),  # Each Abseil message once; Python's lines all.
+    (1, [2, 3, 6, 7]),
+    (2, [3, 6, 7]),
+    (3, [6, 7]),
+])
+def test_line_filter_follows_the_log_level_and_shows_each_message_once(level, shown):
+    keep = _runtime.LineFilter(level)
+    assert [i for i, line in enumerate(START_UP) if keep(line)] == shown
+
+
+def test_filtered_stderr_passes_other_lines_through(capfd):
+    with _runtime.filtered_stderr(_runtime.LineFilter(2)):
+        for line in START_UP[:2] + [b"a line of our own\n"]:
+            os.write(2, line)
+    assert capfd.readouterr().err == "a line of our own\n"
+
+
+@pytest.mark.parametrize("parse, text, message", [
+    (_args.positive_int, "0", "must be a positive integer. Received: '0'"),
+    (_args.positive_int, "2.5", "must be a positive integer. Received: '2.5'"),
+    (_args.non_negative_int, "-1", "must be an integer of 0 or more. Received: '-1'"),
+    (_args.fraction, "1", "Received: '1'"),
+    (_args.fraction, "nan", "Received: 'nan'"),
+])
+def test_numbers_out_of_range_are_refused(parse, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse(text)
+
+
+def test_numbers_in_range_are_returned():
+    assert (_args.positive_int("3"), _args.non_negative_int("0"),
+            _args.fraction("0.25")) == (3, 0, 0.25)
+
+
+def test_paths_say_what_is_wrong(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    for parse, name, words in [
+        (_args.existing_file, "missing", "no such file"),
+        (_args.existing_file, ".", "is a folder, not a file"),
+        (_args.existing_file, "dangling", "symbolic link to nothing"),
+        (_args.existing_file, "loop", "loop of symbolic links"),
+        (_args.existing_dir, "file", "is not a folder"),
+        (_args.output_path, "file/out", "is a file, not a folder"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            parse(str(tmp_path / name))
+    assert _args.existing_file(str(tmp_path / "file")) == tmp_path / "file"
+    assert _args.existing_dir(str(tmp_path)) == tmp_path
+    assert _args.output_path(str(tmp_path / "new" / "out")) == tmp_path / "new" / "out"
