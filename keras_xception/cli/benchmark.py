@@ -7,6 +7,12 @@ with TensorFlow's oneDNN kernels on unless `TF_ENABLE_ONEDNN_OPTS` is set.
 
 from __future__ import annotations
 
+from keras_xception.cli._args import positive_int
+
+# Options that count something: checked as they are parsed, so `--rounds 0`
+# fails at once with one line naming the option.
+COUNTS = ("--batch-size", "--rounds", "--sgemm-size")
+
 
 def add_parser(subparsers):
     from keras_xception import benchmark
@@ -19,10 +25,16 @@ def add_parser(subparsers):
         "latency, ratios, roofline share and peak memory.",
     )
     benchmark.add_arguments(parser)
+    for option in COUNTS:
+        parser._option_string_actions[option].type = positive_int
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     from keras_xception import benchmark
+    from keras_xception.fileio import check_parent
 
+    if args.json:
+        # Checked before minutes of measuring, not when the results are in.
+        check_parent(args.json, what="--json")
     return benchmark.main_from_args(args)
