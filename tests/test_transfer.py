@@ -92,10 +92,7 @@ def test_batchnorm_keeps_imagenet_statistics_through_both_phases(
 @pytest.mark.slow
 def test_run_state_is_cleaned_up_and_best_weights_kept(trained):
     _, _, _, work_dir = trained
-    assert (work_dir / "checkpoints" / "best.weights.h5").is_file()
-    assert not (work_dir / "head.weights.h5").exists()
-    assert not (work_dir / "backup-head").exists()
-    assert not (work_dir / "backup-fine-tune").exists()
+    assert sorted(p.name for p in work_dir.iterdir()) == ["best.weights.h5"]
 
 
 @pytest.mark.slow
@@ -230,19 +227,21 @@ class Interrupt(Exception):
 
 
 class InterruptAt(keras.callbacks.Callback):
-    """Raises at the start of an absolute epoch, as a killed process would stop."""
+    """Raises when the `count`-th epoch of the run begins, as a killed process stops."""
 
-    def __init__(self, epoch):
+    def __init__(self, count):
         super().__init__()
-        self.epoch = epoch
+        self.count = count
+        self.begun = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
+        self.begun += 1
+        if self.begun == self.count:
             raise Interrupt(epoch)
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_from_the_last_epoch(tmp_path):
+def test_interrupted_run_resumes_in_its_phase_after_the_last_epoch(tmp_path):
     keras.utils.set_random_seed(2)
     rng = np.random.default_rng(2)
     images = rng.uniform(0, 255, (6, 71, 71, 3)).astype("uint8")
@@ -251,16 +250,32 @@ def test_interrupted_run_resumes_from_the_last_epoch(tmp_path):
     train = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1] * 3))).batch(3)
     model = build_classifier(2, image_size=71, weights=None)
     options = dict(epochs=2, fine_tune_epochs=2, work_dir=tmp_path, verbose=False)
-    with pytest.raises(Interrupt):
-        fit_classifier(model, train, callbacks=[InterruptAt(3)], **options)
-    assert (tmp_path / "head.weights.h5").is_file()
-    assert (tmp_path / "backup-fine-tune").is_dir()
+    with pytest.raises(Interrupt):  # in the second fine-tune epoch
+        fit_classifier(model, train, callbacks=[InterruptAt(4)], **options)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
+        "checkpoint-1-0002.npz",
+        "checkpoint-2-0001.npz",
+    ]
+    after_three = [w.numpy() for w in model.weights]
 
     model = build_classifier(2, image_size=71, weights=None)
     with pytest.raises(ConfigError, match="interrupted training run"):
         fit_classifier(model, train, **options)
-    history = fit_classifier(model, train, resume=True, **options)
-    # Head phase skipped, fine-tune epoch 3 restored: only epoch 4 runs.
-    assert history["phase"] == ["fine-tune"]
-    assert not (tmp_path / "head.weights.h5").exists()
-    assert not (tmp_path / "backup-fine-tune").exists()
+    resumed = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if not resumed:  # the weights restored before the first step
+                resumed.extend(w.numpy() for w in model.weights)
+            resumed.append(epoch)
+
+    history = fit_classifier(model, train, resume=True, callbacks=[Record()], **options)
+    # Head phase skipped, fine-tune epoch 1 restored: only its epoch 2 runs.
+    assert resumed[-1:] == [1] and len(resumed) == len(after_three) + 1
+    for before, after in zip(after_three, resumed, strict=False):
+        np.testing.assert_array_equal(before, after)
+    assert history["phase"] == ["head", "head", "fine-tune", "fine-tune"]
+    assert len(history["loss"]) == 4
+    assert not list(tmp_path.glob("checkpoint-*"))
+    with pytest.raises(ConfigError, match="Nothing to resume"):
+        fit_classifier(model, train, resume=True, **options)

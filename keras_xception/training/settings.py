@@ -139,7 +139,7 @@ class Settings:
                 be written; the output exists (or is a folder) without
                 `overwrite`; `work_dir` holds an interrupted run and neither
                 `resume` nor `overwrite` is set; or `resume` is set and
-                there is nothing to resume.
+                there is nothing to resume, or no checkpoint reads back.
         """
         output = fileio.check_parent(self.output, what="--output")
         fileio.check_parent(self.work_dir, what="--work-dir")
@@ -156,13 +156,15 @@ class Settings:
             raise ConfigError(
                 f"--work-dir {self.work_dir} is a file, not a folder."
             )
-        found = checkpoints.Checkpoints(self.work_dir).paths()
+        store = checkpoints.Checkpoints(self.work_dir)
+        found = store.paths()
         if self.resume:
             if not found:
                 raise ConfigError(
                     f"Nothing to resume: {self.work_dir!r} holds no checkpoint. "
                     "Run without --resume to start training."
                 )
+            store.latest()  # a damaged run is reported before any work
         elif found and not self.overwrite:
             raise ConfigError(
                 f"{self.work_dir!r} holds an interrupted training run. Pass "
