@@ -48,9 +48,24 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path):
     assert (done.returncode, done.stderr) == (0, "")
 
 
-def test_main_returns_0_when_stdout_breaks(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def in_process(monkeypatch):
+    """`keras_xception.cli.main`, with this process's TensorFlow variables kept.
+
+    `main` sets defaults for them; the tests that follow must see the
+    environment they were started with.
+    """
     from keras_xception import cli
 
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    return cli.main
+
+
+def test_main_returns_0_when_stdout_breaks(in_process, tmp_path, monkeypatch, capsys):
     class Gone:
         def write(self, text):
             raise BrokenPipeError(32, "Broken pipe")
@@ -58,15 +73,31 @@ def test_main_returns_0_when_stdout_breaks(tmp_path, monkeypatch, capsys):
         def flush(self):
             raise BrokenPipeError(32, "Broken pipe")
 
-    # `main` sets defaults for TensorFlow's variables: keep this process's.
-    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
-        else:
-            monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("sys.stdout", Gone())
-    assert cli.main(["weights", "path", "--cache-dir", str(tmp_path)]) == 0
+    assert in_process(["weights", "path", "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_is_status_130_with_one_line(in_process, monkeypatch, capsys):
+    from keras_xception.cli import weights
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "run", interrupted)
+    assert in_process(["weights", "path"]) == 130
+    assert capsys.readouterr() == ("", "interrupted\n")
+
+
+def test_a_bug_keeps_its_traceback(in_process, monkeypatch):
+    from keras_xception.cli import weights
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(weights, "run", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        in_process(["weights", "path"])
 
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
