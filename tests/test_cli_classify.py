@@ -1,8 +1,14 @@
 """`keras-xception classify`, driven as a user would: in a subprocess."""
 
+import functools
+import http.server
 import json
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -84,15 +90,19 @@ def test_bad_and_missing_files_are_named_and_the_rest_classified(
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is text, not a JPEG")
     missing = tmp_path / "missing.jpg"
+    # A name that is not valid UTF-8: shown with its byte escaped, no crash.
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
+    shutil.copyfile(kitchen_photos[4], odd)
     done = classify(kitchen_photos[3], broken, missing, folder / "a.jpg",
-                    "--weights", top_weights, "--top", "2")
+                    os.fsdecode(odd), "--weights", top_weights, "--top", "2")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert str(broken) in done.stderr and str(missing) in done.stderr
-    # The readable table names both good photos, with two predictions each.
+    # The readable table names the good photos, with two predictions each.
     assert str(kitchen_photos[3]) in done.stdout and str(folder / "a.jpg") in done.stdout
+    assert str(tmp_path / "caf\\xe9.jpg") in done.stdout.splitlines()
     assert str(broken) not in done.stdout
-    assert sum(line.strip().startswith(("1.", "2.")) for line in done.stdout.splitlines()) == 4
+    assert sum(line.strip().startswith(("1.", "2.")) for line in done.stdout.splitlines()) == 6
 
 
 def test_offline_without_cached_weights_says_what_to_do(folder, keras_home):
@@ -113,7 +123,171 @@ def test_missing_weights_file_is_named(folder, tmp_path):
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
-def test_bad_arguments_exit_1_without_traceback(folder):
-    done = classify(folder, "--top", "0")
+# --- every kind of input, streaming output, closed pipes -------------------------
+
+
+def _rotated_photo(path):
+    """Left half white, stored landscape with EXIF "rotate 90 clockwise"."""
+    from PIL import Image
+
+    image = Image.new("RGB", (80, 40), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 40, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(path, exif=exif.tobytes(), quality=95)
+
+
+@pytest.fixture(scope="module")
+def mixed(kitchen_photos, tmp_path_factory):
+    """A folder of every kind of image file, readable or not, and other paths."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mixed")
+    good = root / "good"
+    good.mkdir()
+    shutil.copy(kitchen_photos[0], good / "a_photo.jpg")
+    Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(good / "b_16bit.png")
+    palette = Image.new("P", (30, 40), 0)
+    palette.putpalette([0, 0, 0, 200, 40, 40] + [0] * 762)
+    palette.paste(1, (0, 0, 15, 40))
+    palette.save(good / "c_palette.png", transparency=0)
+    Image.new("L", (30, 40), 128).save(good / "d_gray.jpg")
+    Image.new("CMYK", (30, 40), (0, 200, 200, 0)).save(good / "e_cmyk.jpg")
+    _rotated_photo(good / "f_rotated.jpg")
+    # A name that is not valid UTF-8 (Latin-1 "f_e\xe9.jpg").
+    shutil.copyfile(kitchen_photos[5], os.path.join(os.fsencode(good), b"f_\xe9.jpg"))
+    Image.new("RGB", (1000, 1000), (9, 9, 9)).save(good / "g_huge.png")  # over --max-pixels
+    (good / "h_empty.jpg").write_bytes(b"")
+    truncated = (good / "a_photo.jpg").read_bytes()
+    (good / "i_truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
+    (good / "j_text.jpg").write_text("a text file with an image's name\n")
+    (good / "k_dangling.jpg").symlink_to(root / "nothing.jpg")
+    (good / "l_loop").symlink_to(good)
+    (good / ".hidden.jpg").write_text("never read")
+    (good / "._a_photo.jpg").write_text("macOS metadata, never read")
+    (root / "empty").mkdir()
+    (root / "empty" / ".DS_Store").write_text("hidden")
+    return root
+
+
+def test_every_kind_of_input_in_one_run(mixed, top_weights):
+    good = mixed / "good"
+    done = classify(good, mixed / "empty", mixed / "missing.jpg",
+                    f"{good / 'a_photo.jpg'}/", "--weights", top_weights, "--json",
+                    "--top", "1", "--max-pixels", "800000")
     assert done.returncode == 1
-    assert "--top" in done.stderr and "Traceback" not in done.stderr
+    # stdout is results only: it parses, and lists exactly the readable images.
+    results = json.loads(done.stdout)
+    assert [os.fsencode(pathlib.Path(r["path"]).name) for r in results] == [
+        b"a_photo.jpg", b"b_16bit.png", b"c_palette.png", b"d_gray.jpg", b"e_cmyk.jpg",
+        b"f_rotated.jpg", b"f_\xe9.jpg",
+    ]
+    # Each problem is one line on stderr naming its path; no traceback.
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    expected = {
+        "g_huge.png": "1000x1000", "h_empty.jpg": "empty",
+        "i_truncated.jpg": "truncated", "j_text.jpg": "not an image",
+        "k_dangling.jpg": "does not exist", "l_loop": "loops back",
+        str(mixed / "empty"): "no images found in",
+        "missing.jpg": "No such file", "a_photo.jpg/": "not a folder",
+    }
+    for name, what in expected.items():
+        assert [line for line in lines if name in line and what in line], (name, lines)
+    assert lines[-1] == f"{len(expected)} path(s) could not be classified"
+    assert len(lines) == len(expected) + 1
+    assert "hidden" not in done.stderr and "._a_photo" not in done.stderr
+
+
+@pytest.mark.parametrize("output", ["--jsonl", "--top=1"])
+def test_a_closed_stdout_ends_quietly(folder, top_weights, output):
+    """`classify DIR --jsonl | head -n 1`: the reader goes, classify stops quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # A reader that has already gone: every write fails.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "keras_xception.cli", "classify", str(folder),
+             output, "--weights", str(top_weights), "--batch-size", "1"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_jsonl_streams_results_and_a_download_stays_off_stdout(mixed, top_weights,
+                                                               tmp_path):
+    """One JSON object per image, even while the weights are downloaded."""
+    handler = functools.partial(_QuietHandler, directory=str(top_weights.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    good = mixed / "good"
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{top_weights.name}"
+        env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")}
+        env.pop("KERAS_XCEPTION_OFFLINE", None)
+        done = classify(good / "a_photo.jpg", good / "f_rotated.jpg", "--jsonl",
+                        "--weights", url, "--batch-size", "500", env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(good / "a_photo.jpg"),
+                                           str(good / "f_rotated.jpg")]
+    assert all(len(r["predictions"]) == 5 for r in records)
+    # An over-large batch is lowered, and the user told so on stderr.
+    assert "--batch-size 500 is more than 64" in done.stderr
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--top", "0"], "--top"),
+    (["--top", "1001"], "--top"),
+    (["--top", "-2"], "--top"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-8"], "--batch-size"),
+    (["--batch-size", "many"], "--batch-size"),
+    (["--max-pixels", "0"], "--max-pixels"),
+    (["--json", "--jsonl"], "--jsonl"),
+])
+def test_bad_arguments_are_one_line_and_exit_1(folder, args, what):
+    done = classify(folder / "a.jpg", *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert what in done.stderr and done.stdout == ""
+
+
+def test_a_bad_pixel_limit_in_the_environment_is_named(folder):
+    env = {**os.environ, "KERAS_XCEPTION_MAX_PIXELS": "huge"}
+    done = classify(folder / "a.jpg", env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == ("error: KERAS_XCEPTION_MAX_PIXELS must be a positive whole "
+                           "number of pixels. Received: KERAS_XCEPTION_MAX_PIXELS='huge'\n")
+
+
+def test_a_folder_without_images_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_text("hidden")
+    done = classify(tmp_path)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"error: no images found in {str(tmp_path)!r}")
+    assert "Traceback" not in done.stderr
+
+
+def test_weights_that_are_not_weights_or_lack_the_top_are_one_line(
+    folder, imagenet_notop_files, tmp_path
+):
+    text = tmp_path / "weights.h5"
+    text.write_text("not weights")
+    for weights in [text, imagenet_notop_files["keras3"]]:
+        done = classify(folder / "a.jpg", "--weights", weights)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+        assert str(weights) in done.stderr

@@ -1,29 +1,42 @@
 """`keras-xception classify`: ImageNet predictions for image files.
 
-Images are decoded and resized by a pool of threads (Pillow releases the GIL
-while it decodes and resizes) that runs ahead of the model by a few batches,
-so loading overlaps inference. Resizing is antialiased bilinear
-(`keras_xception.preprocessing.RESIZE_METHOD`): Keras's `load_img` defaults
-to nearest neighbour, which aliases fine texture when a photo is shrunk to
-299x299 and costs accuracy; bilinear is what Keras's and keras-hub's
-examples use for Xception.
+Files and folders are expanded by `keras_xception.images.find_images` and
+decoded by `keras_xception.images.iter_batches`, the same decoding as the
+Python API and training: a few threads decode a bounded number of images
+ahead of the model, so memory stays flat however many files there are.
+Resizing is antialiased bilinear (`keras_xception.images.RESIZE_METHOD`):
+Keras's `load_img` defaults to nearest neighbour, which aliases fine texture
+when a photo is shrunk to 299x299 and costs accuracy.
 
-A file that is missing or cannot be decoded is named on stderr and skipped;
-the others are classified and the exit status is 1 at the end.
+Output goes to stdout and is only results: a table, `--json` (one JSON list,
+written at the end) or `--jsonl` (one JSON object per image, written as each
+is classified). Paths in JSON are strings; a file name that is not valid
+UTF-8 keeps its bytes as lone surrogates (`"\\udce9"`, Python's
+`surrogateescape`), which Python's `json` reads back to a name `open` and
+`os.fsencode` accept. The table shows such bytes as `\\xe9`.
+
+Diagnostics go to stderr. A path that is missing, a dangling or looping
+link, a folder with no images, or a file that cannot be decoded (empty,
+truncated, not an image, over the pixel limit) is named there on one line;
+the others are still classified and the exit status is 1 at the end.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
+import contextlib
 import json
 import os
-import pathlib
 import sys
 
-# What a folder is searched for (case-insensitive). Files named on the command
-# line are read whatever their extension.
-from keras_xception.preprocessing import IMAGE_EXTENSIONS
+from keras_xception.cli._args import positive_int
+from keras_xception.images import IMAGE_EXTENSIONS
+
+# The largest --batch-size used: the model's activations grow with the batch
+# (about 40 MB per 299x299 image), and 64 images already keep every core
+# busy; a larger value is lowered to this, with a note on stderr.
+MAX_BATCH_SIZE = 64
+
+TOP_MAX = 1000
 
 
 def add_parser(subparsers):
@@ -32,8 +45,10 @@ def add_parser(subparsers):
         help="print ImageNet predictions for image files or folders",
         description="Classify images with Xception. A folder is searched "
         "recursively for files with the extensions "
-        + ", ".join(IMAGE_EXTENSIONS) + ". Unreadable or missing files are "
-        "named on stderr and skipped; the exit status is then 1.",
+        + ", ".join(IMAGE_EXTENSIONS) + " (hidden files and folders are "
+        "skipped); a file named on the command line is read whatever its "
+        "name. Results go to stdout; unreadable or missing files are named "
+        "on stderr and skipped, and the exit status is then 1.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image file or folder")
@@ -41,180 +56,150 @@ def add_parser(subparsers):
                         help="'imagenet' (default; downloaded and verified once), "
                         "the path of a weights file with the classifier top, or "
                         "an http(s) URL of one")
-    parser.add_argument("--top", type=int, default=5, metavar="K",
-                        help="predictions per image (default: 5)")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON list of {path, predictions} instead "
-                        "of a table")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N",
-                        help="images per forward pass (default: 8)")
+    parser.add_argument("--top", type=positive_int, default=5, metavar="K",
+                        help=f"predictions per image, 1 to {TOP_MAX} (default: 5)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="print one JSON list of {path, predictions} at the end")
+    output.add_argument("--jsonl", action="store_true",
+                        help="print one JSON object {path, predictions} per line, "
+                        "as each image is classified")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                        help="images per forward pass (default: 8; at most "
+                        f"{MAX_BATCH_SIZE}, a larger value is lowered to it)")
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                        help="refuse images larger than N pixels (width x height; "
+                        "default: $KERAS_XCEPTION_MAX_PIXELS, else 178956970, "
+                        "Pillow's decompression-bomb limit)")
     parser.set_defaults(run=run)
 
 
-def find_images(paths):
-    """Expands folders into their image files.
+def display_path(path) -> str:
+    """A path as text for the table: bytes that are not UTF-8 shown as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _record(path, predictions) -> dict:
+    return {
+        "path": os.fsdecode(path),
+        "predictions": [
+            {"synset": synset, "label": label, "score": score}
+            for synset, label, score in predictions
+        ],
+    }
+
+
+def _table(path, predictions) -> str:
+    lines = [display_path(path)]
+    for rank, (synset, label, score) in enumerate(predictions, start=1):
+        lines.append(f"  {rank:>2}. {score:7.2%}  {label:<30} {synset}")
+    return "\n".join(lines) + "\n"
+
+
+def find_files(paths, on_error):
+    """The image files under `paths`; a folder without any is an error.
 
     Args:
-        paths: Files and folders, as given on the command line.
+        paths: Files and folders from the command line.
+        on_error: Called as `on_error(path, message)` for each problem.
 
     Returns:
-        `(files, missing)`: the files to read, in command-line order (each
-        folder's files sorted), and the paths that do not exist.
+        The files, in command-line order.
     """
-    files, missing = [], []
+    from keras_xception.images import find_images
+
+    files = []
     for path in paths:
-        path = pathlib.Path(path)
-        if path.is_dir():
-            found = [
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            ]
-            files.extend(sorted(found))
-        elif path.exists():
-            files.append(path)
-        else:
-            missing.append(path)
-    return files, missing
+        found = find_images([path], on_error=on_error)
+        if not found and os.path.isdir(path):
+            on_error(path, f"no images found in {os.fsdecode(path)!r} (searched "
+                           f"recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        files.extend(found)
+    return files
 
 
-def _load(path):
-    from keras_xception.errors import ImageError
-    from keras_xception.preprocessing import load_image, preprocess_input
-
-    try:
-        return preprocess_input(load_image(path)), None
-    except ImageError as err:
-        return None, str(err)
-
-
-class _Prefetcher:
-    """Decodes `files` on a thread pool, up to `ahead` files ahead of use.
-
-    Decoding starts as soon as the object is made, so it overlaps whatever
-    the caller does next (building the model, then each forward pass).
-    Iterating yields `(path, array or None, error or None)` in file order.
-    """
-
-    def __init__(self, files, workers, ahead):
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-        self._files = iter(files)
-        self._pending = collections.deque()
-        for _ in range(ahead):
-            if not self._submit_next():
-                break
-
-    def _submit_next(self):
-        path = next(self._files, None)
-        if path is None:
-            return False
-        self._pending.append((path, self._pool.submit(_load, path)))
-        return True
-
-    def __iter__(self):
-        try:
-            while self._pending:
-                path, future = self._pending.popleft()
-                self._submit_next()
-                array, error = future.result()
-                yield path, array, error
-        finally:
-            self.close()
-
-    def close(self):
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def classify(files, weights, top, batch_size, on_error):
+def classify(files, weights, *, top, batch_size, max_pixels, on_error):
     """Classifies `files`; yields `(path, [(synset, label, score), ...])`.
 
-    Files that cannot be read are passed to `on_error(path, message)`.
+    Images are streamed: at most a few batches are decoded at any time.
+    Files that cannot be decoded are passed to `on_error(path, message)`.
     """
-    import numpy as np
-
+    from keras_xception.images import iter_batches
     from keras_xception.inference import optimize_for_inference
     from keras_xception.model import Xception
-    from keras_xception.preprocessing import decode_predictions
+    from keras_xception.preprocessing import decode_predictions, preprocess_input
 
-    # Start decoding before building the model: the two overlap.
-    workers = min(8, max(2, os.cpu_count() or 2))
-    stream = _Prefetcher(files, workers=workers, ahead=3 * batch_size)
-    try:
-        model = optimize_for_inference(Xception(weights=weights))
-    except BaseException:
-        stream.close()
-        raise
-
-    def flush(paths, arrays):
-        probs = model.predict(np.stack(arrays), batch_size=batch_size)
-        yield from zip(paths, decode_predictions(probs, top=top))
-
-    paths, arrays = [], []
-    for path, array, error in stream:
-        if error is not None:
-            on_error(path, error)
-            continue
-        paths.append(path)
-        arrays.append(array)
-        if len(arrays) == batch_size:
-            yield from flush(paths, arrays)
-            paths, arrays = [], []
-    if arrays:
-        yield from flush(paths, arrays)
-
-
-def _print_table(path, predictions):
-    print(path)
-    for rank, (synset, label, score) in enumerate(predictions, start=1):
-        print(f"  {rank:>2}. {score:7.2%}  {label:<30} {synset}")
+    model = optimize_for_inference(Xception(weights=weights))
+    size = tuple(model.input_shape[1:3])
+    batches = iter_batches(
+        files, target_size=size, batch_size=batch_size,
+        preprocess=preprocess_input, on_error=on_error, max_pixels=max_pixels,
+    )
+    with contextlib.closing(batches):
+        for paths, images in batches:
+            probs = model.predict(images, batch_size=len(paths), verbose=0)
+            del images
+            yield from zip(paths, decode_predictions(probs, top=top))
 
 
 def run(args) -> int:
     from keras_xception.errors import ConfigError
+    from keras_xception.images import max_pixels_limit
 
-    if not 1 <= args.top <= 1000:
-        raise ConfigError(f"--top must be from 1 to 1000. Received: --top {args.top}")
-    if args.batch_size < 1:
-        raise ConfigError(
-            f"--batch-size must be positive. Received: --batch-size {args.batch_size}"
-        )
-    files, missing = find_images(args.paths)
+    if args.top > TOP_MAX:
+        raise ConfigError(f"--top must be from 1 to {TOP_MAX}. Received: --top {args.top}")
+    max_pixels = max_pixels_limit(args.max_pixels)
+    batch_size = args.batch_size
+    if batch_size > MAX_BATCH_SIZE:
+        print(f"note: --batch-size {batch_size} is more than {MAX_BATCH_SIZE}, the "
+              f"most classify uses (memory grows with the batch); using "
+              f"{MAX_BATCH_SIZE}", file=sys.stderr)
+        batch_size = MAX_BATCH_SIZE
+    with contextlib.suppress(AttributeError):  # Not a text file: left as is.
+        sys.stdout.reconfigure(errors="backslashreplace")
+
     failures = 0
-    for path in missing:
-        print(f"error: No such file or folder: {str(path)!r}", file=sys.stderr)
-        failures += 1
-    if not files:
-        print("error: no image files to classify", file=sys.stderr)
-        return 1
-
-    # Fetch (or find) the weights before TensorFlow is imported: a missing
-    # file or an empty cache offline fails in a moment, with only its message.
-    from keras_xception.weights import resolve
-
-    weights = str(resolve(args.weights, include_top=True))
 
     def on_error(path, message):
         nonlocal failures
         failures += 1
         print(f"error: {message}", file=sys.stderr, flush=True)
 
+    files = find_files(args.paths, on_error)
+    if not files:
+        if not failures:
+            print("error: no image files to classify", file=sys.stderr)
+        return 1
+
+    # Fetch (or find) the weights before TensorFlow is imported: a missing
+    # file or an empty cache offline fails in a moment, with only its message.
+    from keras_xception.weights import resolve
+
+    weights = str(resolve(args.weights, include_top=True, progress=sys.stderr))
+
+    # images.decode applies the pixel limit itself; Pillow's own
+    # process-wide check would refuse a raised --max-pixels and warn below it.
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+
     results = []
     for path, predictions in classify(
-        files, weights, args.top, args.batch_size, on_error
+        files, weights, top=args.top, batch_size=batch_size,
+        max_pixels=max_pixels, on_error=on_error,
     ):
         if args.json:
-            results.append({
-                "path": str(path),
-                "predictions": [
-                    {"synset": synset, "label": label, "score": score}
-                    for synset, label, score in predictions
-                ],
-            })
+            results.append(_record(path, predictions))
+        elif args.jsonl:
+            sys.stdout.write(json.dumps(_record(path, predictions)) + "\n")
+            sys.stdout.flush()
         else:
-            _print_table(path, predictions)
+            sys.stdout.write(_table(path, predictions))
             sys.stdout.flush()
     if args.json:
         json.dump(results, sys.stdout, indent=2)
-        print()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     if failures:
         print(f"{failures} path(s) could not be classified", file=sys.stderr)
         return 1
