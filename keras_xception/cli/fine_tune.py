@@ -29,9 +29,6 @@ on stderr), 130 when interrupted with Ctrl-C.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import dataclasses
 
 from keras_xception import architecture

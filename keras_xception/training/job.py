@@ -193,7 +193,7 @@ def _train(settings, folder, train, val, config, chief, stdout, stderr) -> int:
         names = ", ".join(folder.class_names)
         print(
             f"saved {settings.output} ({folder.num_classes} classes: {names}; "
-            f"{len(history['phase'])} epochs; {final})",
+            f"{len(history['phase'])} epoch{'' if len(history['phase']) == 1 else 's'}; {final})",
             file=stdout,
             flush=True,
         )
