@@ -85,3 +85,30 @@ def test_scan_reads_headers_and_names_every_bad_file_on_one_line(tmp_path):
     assert "\n" not in message
     for fragment in ("3 of the 5 files", "broken.jpg", "truncated.png", "notes.txt"):
         assert fragment in message
+
+
+@pytest.mark.slow
+def test_an_image_unreadable_during_training_is_skipped_and_the_command_ends(
+    tmp_path, monkeypatch
+):
+    from tests.test_fine_tune_cli import cli, make_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=2)
+    # A file that went bad after the scan: the variable tells the command,
+    # as the launcher tells its workers, that the folder was checked already.
+    (data / "cat" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off")
+    monkeypatch.setenv("KERAS_XCEPTION_DATA_CHECKED", "1")
+    result = _run(data, tmp_path / "out.keras", cli)
+    assert result.returncode == 0, result.stderr
+    warnings = [l for l in result.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and "cut.jpg" in warnings[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out.keras").is_file()
+
+
+def _run(data, out, cli):
+    return cli(
+        data, "--output", out, "--weights", "none", "--image-size", 71,
+        "--batch-size", 5, "--epochs", 1, "--fine-tune-epochs", 0, "--val-split", 0,
+        timeout=60,  # the process ends: no hang after a bad image
+    )
