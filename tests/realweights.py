@@ -61,70 +61,60 @@ def load_kitchenware_model():
 
 
 def imagenet_notop_arrays() -> list[list[np.ndarray]]:
-    """The no-top ImageNet weights, one list per `weight_layout` entry."""
+    """The no-top ImageNet weights, one list per weighted layer.
+
+    The layers are taken in Keras's own order (the sub-model's `layers`),
+    which `architecture.weight_layout(include_top=False)` must follow: the
+    shapes are checked against it so that tests zipping the two fail loudly
+    if they ever disagree.
+    """
     base = load_kitchenware_model().get_layer("xception")
-    weighted = [layer for layer in base.layers if layer.weights]
+    arrays = [
+        [np.asarray(v) for v in layer.get_weights()]
+        for layer in base.layers
+        if layer.weights
+    ]
     layout = architecture.weight_layout(include_top=False)
-    if len(weighted) != len(layout):
+    shapes = [tuple(v.shape for v in values) for values in arrays]
+    if shapes != [entry.shapes for entry in layout]:
         raise RuntimeError(
-            f"{PACKAGE}'s xception has {len(weighted)} weighted layers, "
-            f"expected {len(layout)}"
+            f"{PACKAGE}'s xception weights do not follow weight_layout: "
+            f"{len(shapes)} weighted layers, expected {len(layout)}"
         )
-    arrays = []
-    for entry, layer in zip(layout, weighted):
-        values = [np.asarray(v) for v in layer.get_weights()]
-        shapes = tuple(v.shape for v in values)
-        if shapes != entry.shapes:
-            raise RuntimeError(f"{layer.name}: shapes {shapes} != {entry.shapes}")
-        arrays.append(values)
     return arrays
 
 
-# Keras 2 weight-name suffixes per layer kind, in storage order.
-_WEIGHT_NAMES = {
-    "Conv2D": ("kernel:0",),
-    "SeparableConv2D": ("depthwise_kernel:0", "pointwise_kernel:0"),
-    "BatchNormalization": ("gamma:0", "beta:0", "moving_mean:0", "moving_variance:0"),
-    "Dense": ("kernel:0", "bias:0"),
-}
+def _keras_applications_model(arrays, include_top, classes=1000):
+    """`keras.applications.Xception` holding `arrays`, set in Keras's layer order."""
+    import keras
+
+    model = keras.applications.Xception(
+        weights=None, include_top=include_top, classes=classes
+    )
+    weighted = [layer for layer in model.layers if layer.weights]
+    for layer, values in zip(weighted, arrays, strict=True):
+        layer.set_weights(values)
+    return model
 
 
 def write_legacy_h5(path, arrays, include_top=False, classes=1000):
-    """Writes weights in the layout of the official Keras 2 Xception files.
+    """Writes weights as an official Keras 2 Xception `.h5` file.
 
-    Root attributes `layer_names`, `backend` and `keras_version`; one group per
-    weighted layer with a `weight_names` attribute and one dataset per weight.
-    The residual layers get the automatic names Keras 2 gave them
-    (`conv2d_1`, `batch_normalization_1`, ...), so nothing but the position
-    ties a group to a layer, as in the official files.
+    Keras's own Keras 2 writer (`legacy_h5_format.save_weights_to_hdf5_group`,
+    what `model.save_weights("x.h5")` did in Keras 2) saves a
+    `keras.applications.Xception` holding `arrays`. Like the official files,
+    the result lists every layer in `layer_names` (the input, activations,
+    pooling and `Add` layers too, with empty `weight_names`) and gives the
+    residual layers automatic names (`conv2d_3`, `batch_normalization_3`), so
+    only their position ties them to a layer.
     """
-    layout = architecture.weight_layout(include_top, classes=classes)
-    counters = {"Conv2D": 0, "BatchNormalization": 0}
+    from keras.src.legacy.saving import legacy_h5_format
+
+    model = _keras_applications_model(arrays, include_top, classes)
     with h5py.File(path, "w") as f:
-        names = []
-        for entry, values in zip(layout, arrays, strict=True):
-            name = entry.name
-            if "_residual_" in name:
-                counters[entry.kind] += 1
-                prefix = "conv2d" if entry.kind == "Conv2D" else "batch_normalization"
-                name = f"{prefix}_{counters[entry.kind]}"
-            group = f.create_group(name)
-            weight_names = [f"{name}/{w}" for w in _WEIGHT_NAMES[entry.kind]]
-            group.attrs["weight_names"] = [n.encode() for n in weight_names]
-            for wname, value in zip(weight_names, values, strict=True):
-                group.create_dataset(wname, data=value)
-            names.append(name.encode())
-        f.attrs["layer_names"] = names
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["keras_version"] = b"2.1.3"
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
 
 
 def write_keras3_weights(path, arrays, include_top=False):
     """Saves weights as `keras.applications.Xception(...).save_weights` does."""
-    import keras
-
-    model = keras.applications.Xception(weights=None, include_top=include_top)
-    weighted = [layer for layer in model.layers if layer.weights]
-    for layer, values in zip(weighted, arrays, strict=True):
-        layer.set_weights(values)
-    model.save_weights(path)
+    _keras_applications_model(arrays, include_top).save_weights(path)

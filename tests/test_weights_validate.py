@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 
 from keras_xception import architecture
-from keras_xception.weights import WeightsError, read_weights, registry, resolve, verify
+from keras_xception.weights import (
+    WeightsError,
+    cache,
+    read_weights,
+    registry,
+    resolve,
+    verify,
+)
 from tests import realweights
 from tests.weights_files import keras3_file, legacy_file, xception_legacy
 from tests.weights_server import Server
@@ -318,5 +325,5 @@ def test_resolve_url_downloads_it(tmp_path, monkeypatch):
     with Server() as server:
         url = server.add("mine.h5", path.read_bytes())
         got = resolve(url, include_top=False)
-    assert got == tmp_path / "models" / "mine.h5"
+    assert got == tmp_path / "models" / cache.url_fname(url)
     assert len(read_weights(got, include_top=False)) == 80
