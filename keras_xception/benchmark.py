@@ -10,10 +10,11 @@ alternate and share the machine's noise:
 - `reference`: `keras.applications.Xception(weights=None).predict(x)`, Keras's
   default settings (`batch_size` left to Keras), in the same runtime as the
   candidate (same `TF_ENABLE_ONEDNN_OPTS`);
-- `reference-default` (TensorFlow only, when the candidate's runtime differs
-  from TensorFlow's default): the same model in a process with
-  `TF_ENABLE_ONEDNN_OPTS` unset, which is what a user of plain Keras gets;
-  ratios against it are end to end (package + runtime choice);
+- `reference-default` (TensorFlow only, when `TF_ENABLE_ONEDNN_OPTS` is set
+  for the candidate): the same model in a process with the variable unset,
+  which is what a user of plain Keras gets; ratios against it are end to end
+  (package + runtime choice). On CPUs where TensorFlow turns oneDNN on by
+  itself this is the same runtime as `reference`;
 - `reference-compiled`: the same Keras model's forward pass compiled by
   `keras_xception.inference.compile_forward` (a `tf.function` or `jax.jit`)
   and called directly, in the candidate's runtime: no `predict` overhead and
@@ -32,6 +33,9 @@ image (latency), and the fp32 (or policy compute dtype) matmul rate of a
 square `sgemm_size` matrix product in the same runtime. Reported values are
 medians over rounds. Roofline share is `img/s x model GFLOP / matmul GFLOP/s`:
 the fraction of the machine's dense matmul rate that the model sustains.
+Each worker also reports whether TensorFlow's oneDNN kernels are on in its
+process (`keras_xception.inference.onednn_enabled`), which the table shows as
+`on` or `off` (`n/a` under other backends).
 """
 
 from __future__ import annotations
@@ -140,6 +144,8 @@ def _worker(config):
     import keras
     import numpy as np
 
+    from keras_xception.inference import onednn_enabled
+
     policy = DTYPE_POLICIES[config["mixed_precision"]]
     if policy:
         keras.config.set_dtype_policy(policy)
@@ -154,7 +160,7 @@ def _worker(config):
         predict(batch, **kwargs)
         predict(single, **kwargs)
     _matmul_rate(config["sgemm_size"], compute_dtype, repeats=1)
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "onednn": onednn_enabled()}), flush=True)
 
     for line in sys.stdin:
         if line.strip() != "round":
@@ -180,7 +186,8 @@ def _worker(config):
 class _Worker:
     def __init__(self, contestant, env, config):
         self.contestant = contestant
-        self.env_note = env.get("TF_ENABLE_ONEDNN_OPTS")
+        self.onednn_env = env.get("TF_ENABLE_ONEDNN_OPTS")
+        self.onednn = None
         payload = json.dumps({**config, "contestant": contestant})
         env = dict(env)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -206,7 +213,7 @@ class _Worker:
         return json.loads(line)
 
     def wait_ready(self):
-        self._read()
+        self.onednn = self._read()["onednn"]
 
     def round(self):
         self.process.stdin.write("round\n")
@@ -252,7 +259,9 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
     Returns:
         A dict with `machine`, `settings` and one entry per contestant under
         `results` (`img_per_s`, `batch_ms_per_image`, `latency_ms`,
-        `sgemm_gflops`, `roofline`, `peak_memory_mb`, ratios).
+        `sgemm_gflops`, `roofline`, `peak_memory_mb`, `onednn` (whether
+        TensorFlow's oneDNN kernels ran, `None` under other backends),
+        `onednn_env` (the worker's `TF_ENABLE_ONEDNN_OPTS`), ratios).
     """
     import keras
 
@@ -287,6 +296,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
         log(f"round {index + 1}/{rounds}")
         for worker in workers:
             worker.round()
+    log("stopping the workers ...")
     finals = {worker.contestant: worker.finish() for worker in workers}
 
     results = {}
@@ -295,8 +305,9 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
                   for key in ("batch_s", "single_s", "sgemm")}
         img_per_s = batch_size / median["batch_s"]
         results[worker.contestant] = {
-            # TF_ENABLE_ONEDNN_OPTS is TensorFlow's; other backends ignore it.
-            "onednn": worker.env_note if backend == "tensorflow" else "n/a",
+            # Whether oneDNN ran (None outside TensorFlow), and the variable.
+            "onednn": worker.onednn,
+            "onednn_env": worker.onednn_env,
             "img_per_s": img_per_s,
             "batch_ms_per_image": 1000 * median["batch_s"] / batch_size,
             "latency_ms": 1000 * median["single_s"],
@@ -319,9 +330,13 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             "backend": backend,
         },
         "settings": {**config, "rounds": rounds, "model_gflop": gflop,
-                     "onednn": env.get("TF_ENABLE_ONEDNN_OPTS")},
+                     "onednn_env": env.get("TF_ENABLE_ONEDNN_OPTS")},
         "results": results,
     }
+
+
+def _on_off(state):
+    return {True: "on", False: "off"}.get(state, "n/a")
 
 
 def format_table(report):
@@ -339,7 +354,7 @@ def format_table(report):
     ]
     for name, r in report["results"].items():
         lines.append(
-            f"{name:<18} {r['onednn'] or 'unset':>6} {r['img_per_s']:>7.2f} "
+            f"{name:<18} {_on_off(r['onednn']):>6} {r['img_per_s']:>7.2f} "
             f"{r['batch_ms_per_image']:>7.1f} {r['latency_ms']:>9.1f} "
             f"{r['throughput_ratio']:>9.2f}x {r['latency_ratio']:>9.2f}x "
             f"{r['sgemm_gflops']:>11.1f} {r['roofline']:>7.0%} "

@@ -1,6 +1,7 @@
 """Shared fixtures: the real ImageNet no-top weights and photos."""
 
 import pathlib
+import platform
 
 import pytest
 
@@ -51,3 +52,29 @@ def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.setenv("KERAS_XCEPTION_OFFLINE", "1")
     return pathlib.Path(home)
+
+
+# CPU flags (as /proc/cpuinfo names them) for which TensorFlow turns oneDNN on
+# when TF_ENABLE_ONEDNN_OPTS is unset, on Linux (IsMklEnabled in
+# tensorflow/core/util/port.cc).
+ONEDNN_DEFAULT_FLAGS = frozenset(
+    {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
+)
+
+
+@pytest.fixture(scope="session")
+def onednn_by_default():
+    """Whether TensorFlow turns oneDNN on by itself on this CPU.
+
+    Read from the CPU's flags, independently of TensorFlow; the tests that
+    need it are skipped off x86 Linux, where that rule does not apply.
+    """
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("TensorFlow's default oneDNN rule is known for x86 Linux")
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return bool(flags & ONEDNN_DEFAULT_FLAGS)

@@ -1,11 +1,17 @@
-"""`keras-xception benchmark` runs end to end and reports what it promises.
+"""`keras-xception benchmark` runs end to end and reports what it measured.
 
-Only the shape of the report is checked here, never a speed: timings belong
-in the benchmark's own runs, not in tests.
+No speed is asserted here: timings belong in the benchmark's own runs. What
+is checked is that the reported numbers are the ones measured: the time they
+stand for fits in the wall-clock time of the round that produced them, and
+every derived column follows from them.
 """
 
 import json
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -18,26 +24,93 @@ def benchmark(*args, **extra_env):
     return commandline.run("benchmark", *args, env={**env, **extra_env}, timeout=600)
 
 
-def test_benchmark_writes_table_and_json(tmp_path):
+def timed_benchmark(*args):
+    """Runs the command, timing its measurement round from outside.
+
+    Returns:
+        `(returncode, stdout, stderr, seconds)`: `seconds` runs from the
+        command's "round 1/1" line on stderr to its "stopping the workers"
+        line, which it writes once every worker has reported its round
+        (`None` without those lines).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_xception.cli", "benchmark", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    watchdog = threading.Timer(600, process.kill)
+    watchdog.start()
+    try:
+        stamps, stderr = [], []
+        for line in process.stderr:
+            stamps.append(time.monotonic())
+            stderr.append(line.strip())
+        stdout = process.stdout.read()
+        process.wait()
+    finally:
+        watchdog.cancel()
+    seconds = None
+    if "round 1/1" in stderr and "stopping the workers ..." in stderr:
+        seconds = (stamps[stderr.index("stopping the workers ...")]
+                   - stamps[stderr.index("round 1/1")])
+    return process.returncode, stdout, "\n".join(stderr), seconds
+
+
+def table_rows(stdout):
+    """Contestant name -> the table's cells after it."""
+    return {line.split()[0]: line.split()[1:] for line in stdout.splitlines()
+            if line.split() and line.split()[0].startswith(("reference", "fast"))}
+
+
+def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
     out = tmp_path / "bench.json"
-    done = benchmark("--rounds", "1", "--batch-size", "2", "--sgemm-size", "128",
-                     "--compare", "same", "--json", out)
-    assert done.returncode == 0, done.stderr
+    batch = 2
+    code, stdout, stderr, round_s = timed_benchmark(
+        "--rounds", "1", "--batch-size", batch, "--sgemm-size", "256",
+        "--compare", "both", "--json", out)
+    assert code == 0 and round_s is not None, stderr
     report = json.loads(out.read_text())
     results = report["results"]
-    assert list(results) == ["reference", "reference-compiled", "fast"]
+    assert list(results) == [
+        "reference-default", "reference", "reference-compiled", "fast"]
+
+    # The round's time: one batch call and three single-image calls per
+    # contestant (the report keeps the fastest of the three). What they add
+    # up to must fit in the round, and make up most of it: the rest is four
+    # 256x256 matmuls per contestant and their messages.
+    measured = {name: (batch / r["img_per_s"], r["latency_ms"] / 1000)
+                for name, r in results.items()}
+    total = sum(batch_s + 3 * single_s for batch_s, single_s in measured.values())
+    assert round_s / 4 < total < round_s, (measured, round_s)
+    # Each call on two images takes at least half as long as one on one
+    # image, and not many times longer: the two numbers measure one model.
+    for name, (batch_s, single_s) in measured.items():
+        assert 0.5 < batch_s / single_s < 8, (name, batch_s, single_s)
+
     gflop = report["settings"]["model_gflop"]
     assert gflop == pytest.approx(16.71, abs=0.01)
+    fast = results["fast"]
+    rows = table_rows(stdout)
     for name, r in results.items():
-        assert r["img_per_s"] > 0 and r["latency_ms"] > 0 and r["peak_memory_mb"] > 0
+        assert r["peak_memory_mb"] > 100  # a loaded TensorFlow and Xception
+        assert r["batch_ms_per_image"] == pytest.approx(1000 / r["img_per_s"])
         assert r["roofline"] == pytest.approx(r["img_per_s"] * gflop / r["sgemm_gflops"])
-        assert r["throughput_ratio"] == pytest.approx(
-            results["fast"]["img_per_s"] / r["img_per_s"])
-        assert name in done.stdout  # one table row each
-    assert results["fast"]["throughput_ratio"] == 1.0
-    # The command line turns oneDNN on for every contestant of "same".
-    assert {r["onednn"] for r in results.values()} == {"1"}
-    assert "roofline" in done.stdout
+        assert r["throughput_ratio"] == pytest.approx(fast["img_per_s"] / r["img_per_s"])
+        assert r["latency_ratio"] == pytest.approx(r["latency_ms"] / fast["latency_ms"])
+        cells = rows[name]  # oneDNN, img/s, ms/img, 1-img ms, ...
+        assert cells[1:4] == [f"{r['img_per_s']:.2f}", f"{r['batch_ms_per_image']:.1f}",
+                              f"{r['latency_ms']:.1f}"]
+        assert cells[0] == ("on" if r["onednn"] else "off")
+    assert fast["throughput_ratio"] == fast["latency_ratio"] == 1.0
+
+    # oneDNN: the command turns it on for its own contestants; the
+    # reference-default process leaves the variable unset, and then
+    # TensorFlow decides by the CPU (on for AVX-512 VNNI/BF16 or AMX CPUs).
+    for name in ("reference", "reference-compiled", "fast"):
+        assert (results[name]["onednn"], results[name]["onednn_env"]) == (True, "1")
+    default = results["reference-default"]
+    assert (default["onednn"], default["onednn_env"]) == (onednn_by_default, None)
+    assert "roofline" in stdout
 
 
 def test_bad_settings_exit_1_without_traceback():
@@ -57,5 +130,7 @@ def test_runs_under_jax_with_bf16(tmp_path):
     assert report["machine"]["backend"] == "jax"
     assert report["settings"]["mixed_precision"] == "bf16"
     assert list(report["results"]) == ["fast"]
-    assert report["results"]["fast"]["onednn"] == "n/a"
+    # TensorFlow's oneDNN does not apply to JAX: neither on nor off.
+    assert report["results"]["fast"]["onednn"] is None
+    assert table_rows(done.stdout)["fast"][0] == "n/a"
     assert report["results"]["fast"]["img_per_s"] > 0
