@@ -12,6 +12,11 @@ measurements:
 - `batch`: one folder classified with several `--batch-size` values: the
   model's activations grow with the batch, which is why classify caps it.
 
+Photos are generated in a separate process: on Linux a child's `ru_maxrss`
+includes the memory of the process it was started from (`subprocess` starts
+children with `vfork`), so this script itself must stay small. It prints its
+own peak so that can be checked.
+
 The weights do not change memory, so by default a randomly initialised
 classifier is saved to the temporary folder and used (no download); pass
 `--weights` to use a real file.
@@ -65,6 +70,16 @@ def write_photo(path: pathlib.Path, width: int, height: int, seed: int) -> None:
     Image.fromarray(np.concatenate(rows)).save(path, quality=90)
 
 
+def write_photo_elsewhere(path: pathlib.Path, width: int, height: int, seed: int) -> None:
+    """`write_photo` in a fresh process, so its memory is not this process's."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        pool.submit(write_photo, path, width, height, seed).result()
+
+
 def make_folder(root: pathlib.Path, count: int, size=(640, 480)) -> pathlib.Path:
     """A folder of `count` photos (copies of a few distinct ones)."""
     import shutil
@@ -74,7 +89,7 @@ def make_folder(root: pathlib.Path, count: int, size=(640, 480)) -> pathlib.Path
     originals = []
     for i in range(min(count, 8)):
         path = folder / f"{i:05d}.jpg"
-        write_photo(path, *size, seed=i)
+        write_photo_elsewhere(path, *size, seed=i)
         originals.append(path)
     for i in range(len(originals), count):
         shutil.copyfile(originals[i % len(originals)], folder / f"{i:05d}.jpg")
@@ -135,7 +150,7 @@ def main(argv=None) -> int:
         common = ["--weights", weights]
         if "large" in what:
             photo = root / f"large_{args.side}.jpg"
-            write_photo(photo, args.side, args.side, seed=0)
+            write_photo_elsewhere(photo, args.side, args.side, seed=0)
             report(f"one {args.side}x{args.side} JPEG", ["classify", photo, *common])
         if "folder" in what:
             for count in args.counts:
@@ -149,6 +164,10 @@ def main(argv=None) -> int:
             for size in args.batch_sizes:
                 report(f"{args.batch_images} photos, --batch-size {size}",
                        ["classify", folder, "--batch-size", str(size), *common])
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"# this script's own peak RSS: {own:.0f} MiB (a floor under each figure above)")
     return 0
 
 

@@ -32,8 +32,9 @@ from keras_xception.cli._args import positive_int
 from keras_xception.images import IMAGE_EXTENSIONS
 
 # The largest --batch-size used: the model's activations grow with the batch
-# (about 40 MB per 299x299 image), and 64 images already keep every core
-# busy; a larger value is lowered to this, with a note on stderr.
+# (about 30 MiB per 299x299 image: a peak of 1.3 GiB at 8, 3.7 GiB at 64, by
+# scripts/measure_memory.py), while a CPU is kept busy well before 64. A
+# larger value is lowered to this, with a note on stderr.
 MAX_BATCH_SIZE = 64
 
 TOP_MAX = 1000
