@@ -60,17 +60,20 @@ def test_fixed_size_model_and_symbolic_shapes():
     assert tuple(free.output["stride16"].shape) == (None, None, None, 728)
 
 
-def test_shares_weights_with_the_model_it_is_given(free_size_base):
-    extractor = feature_extractor(
-        free_size_base, endpoints=["stride32", "block13_sepconv2_bn"]
-    )
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype("float32")
-    np.testing.assert_allclose(
-        extractor.predict(x, verbose=0)["stride32"],
-        free_size_base.predict(x, verbose=0),
-        atol=1e-5,
-    )
+def test_shares_weights_with_the_model_it_is_given():
+    base = Xception(include_top=False, weights=None, input_shape=(None, None, 3))
+    extractor = feature_extractor(base, endpoints=["stride32", "block13_sepconv2_bn"])
     assert extractor.output["block13_sepconv2_bn"].shape[-1] == 1024
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype("float32")
+    before = extractor.predict(x, verbose=0)["stride32"]
+    np.testing.assert_allclose(before, base.predict(x, verbose=0), atol=1e-5)
+    # A change to the base after the extractor was built shows in its output.
+    layer = base.get_layer("block14_sepconv2_bn")
+    gamma, beta, mean, variance = layer.get_weights()
+    layer.set_weights([gamma, beta + 1.0, mean, variance])
+    after = extractor.predict(x, verbose=0)["stride32"]
+    np.testing.assert_allclose(after, base.predict(x, verbose=0), atol=1e-5)
+    assert np.abs(after - before).max() > 0.5
 
 
 def test_takes_the_base_of_a_classifier():
