@@ -368,17 +368,24 @@ def format_table(report):
     return "\n".join(lines)
 
 
-def add_arguments(parser):
-    """The benchmark's options, shared by the script and the CLI."""
-    parser.add_argument("--batch-size", type=int, default=8,
+def add_arguments(parser, count=int):
+    """The benchmark's options, shared by the script and the CLI.
+
+    Args:
+        parser: The `argparse` parser to add them to.
+        count: The argparse `type` of the options that count something
+            (`--batch-size`, `--rounds`, `--sgemm-size`); the command line
+            passes one that rejects 0 and negative numbers as it parses.
+    """
+    parser.add_argument("--batch-size", type=count, default=8,
                         help="images per throughput call (default: 8)")
-    parser.add_argument("--rounds", type=int, default=7,
+    parser.add_argument("--rounds", type=count, default=7,
                         help="alternating measurement rounds (default: 7)")
     parser.add_argument("--mixed-precision", choices=sorted(DTYPE_POLICIES),
                         default="none",
                         help="Keras dtype policy for every contestant: none "
                         "(float32), bf16 (mixed_bfloat16) or fp16 (mixed_float16)")
-    parser.add_argument("--sgemm-size", type=int, default=2048,
+    parser.add_argument("--sgemm-size", type=count, default=2048,
                         help="side of the square matmul measuring the machine's "
                         "rate (default: 2048; use 8192 on a GPU)")
     parser.add_argument("--compare", choices=("same", "default", "both"),
@@ -408,8 +415,9 @@ def main_from_args(args):
     )
     print(format_table(report))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        from keras_xception.fileio import write_text
+
+        write_text(args.json, json.dumps(report, indent=2))
     return 0
 
 

@@ -71,14 +71,14 @@ def feature_extractor(
             message lists the valid names) or a model without an Xception
             base.
     """
-    from keras_xception.transfer import _base_of
+    from keras_xception.training.classifier import base_of
 
     if model_or_none is None:
         from keras_xception.model import Xception
 
         base = Xception(include_top=False, weights=weights, input_shape=input_shape)
     else:
-        base = _base_of(model_or_none)
+        base = base_of(model_or_none)
     if endpoints is None:
         endpoints = tuple(ENDPOINTS)
     elif isinstance(endpoints, str):

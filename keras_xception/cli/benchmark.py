@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from keras_xception.cli._args import positive_int
 
-# Options that count something: checked as they are parsed, so `--rounds 0`
-# fails at once with one line naming the option.
-COUNTS = ("--batch-size", "--rounds", "--sgemm-size")
-
-
 def add_parser(subparsers):
     from keras_xception import benchmark
 
@@ -24,9 +19,9 @@ def add_parser(subparsers):
         "this package's fast path, each in its own process, and print img/s, "
         "latency, ratios, roofline share and peak memory.",
     )
-    benchmark.add_arguments(parser)
-    for option in COUNTS:
-        parser._option_string_actions[option].type = positive_int
+    # Counts are checked as they are parsed, so `--rounds 0` fails at once
+    # with one line naming the option.
+    benchmark.add_arguments(parser, count=positive_int)
     parser.set_defaults(run=run)
 
 

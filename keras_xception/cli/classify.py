@@ -32,10 +32,11 @@ from keras_xception.cli._args import positive_int
 from keras_xception.images import IMAGE_EXTENSIONS
 
 # The largest --batch-size used: the model's activations grow with the batch
-# (about 30 MiB per 299x299 image: a peak of 1.3 GiB at 8, 3.7 GiB at 64, by
-# scripts/measure_memory.py), while a CPU is kept busy well before 64. A
-# larger value is lowered to this, with a note on stderr.
-MAX_BATCH_SIZE = 64
+# (about 30 MiB per 299x299 image: a peak of 1.3 GiB at 8, 2.3 GiB at 32 and
+# 3.7 GiB at 64, by scripts/measure_memory.py), while throughput on a CPU was
+# the same at 8, 32 and 64. A larger value is lowered to this, with a note on
+# stderr.
+MAX_BATCH_SIZE = 32
 
 TOP_MAX = 1000
 
@@ -124,20 +125,31 @@ def classify(files, weights, *, top, batch_size, max_pixels, on_error):
 
     Images are streamed: at most a few batches are decoded at any time.
     Files that cannot be decoded are passed to `on_error(path, message)`.
+    The first batch is decoded before the model is built, so a run whose
+    files are all unreadable ends in a moment, without building it.
     """
+    import itertools
+
+    from keras_xception.architecture import DEFAULT_SIZE
     from keras_xception.images import iter_batches
-    from keras_xception.inference import optimize_for_inference
-    from keras_xception.model import Xception
     from keras_xception.preprocessing import decode_predictions, preprocess_input
 
-    model = optimize_for_inference(Xception(weights=weights))
-    size = tuple(model.input_shape[1:3])
+    # A model with the classifier top takes DEFAULT_SIZE x DEFAULT_SIZE images.
+    size = (DEFAULT_SIZE, DEFAULT_SIZE)
     batches = iter_batches(
         files, target_size=size, batch_size=batch_size,
         preprocess=preprocess_input, on_error=on_error, max_pixels=max_pixels,
     )
     with contextlib.closing(batches):
-        for paths, images in batches:
+        first = next(batches, None)
+        if first is None:
+            return
+        from keras_xception.inference import optimize_for_inference
+        from keras_xception.model import Xception
+
+        model = optimize_for_inference(Xception(weights=weights))
+        for paths, images in itertools.chain([first], batches):
+            first = None  # Drop the reference so the batch can be freed.
             probs = model.predict(images, batch_size=len(paths), verbose=0)
             del images
             yield from zip(paths, decode_predictions(probs, top=top))
@@ -177,6 +189,12 @@ def run(args) -> int:
     from keras_xception.weights import resolve
 
     weights = str(resolve(args.weights, include_top=True, progress=sys.stderr))
+    if not weights.endswith(".keras"):
+        # A weights file of the wrong kind is named now, with h5py alone,
+        # before any image is decoded or TensorFlow imported.
+        from keras_xception.weights.validate import inspect
+
+        inspect(weights, include_top=True)
 
     # images.decode applies the pixel limit itself; Pillow's own
     # process-wide check would refuse a raised --max-pixels and warn below it.
@@ -201,7 +219,5 @@ def run(args) -> int:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
         sys.stdout.flush()
-    if failures:
-        print(f"{failures} path(s) could not be classified", file=sys.stderr)
-        return 1
-    return 0
+    # Each unreadable input has had its one line on stderr; no summary line.
+    return 1 if failures else 0

@@ -122,7 +122,7 @@ def check_source(source):
         return check_keras_file(text), None
     from keras_xception import weights
 
-    path = weights.resolve(text, include_top=True)
+    path = weights.resolve(text, include_top=True, progress=sys.stderr)
     return path, weights.validate.inspect(path)
 
 

@@ -15,6 +15,7 @@ The order is what makes a job safe to leave running:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -76,6 +77,13 @@ def run(settings: Settings, *, argv=None, stdout=None, stderr=None) -> int:
 
     checked = os.environ.get(CHECKED_ENV) == "1"
     folder = data.scan(settings.data_dir, check_images=not checked)
+    if settings.weights is not None:
+        # Find or download the base's weights now, with progress on stderr
+        # (stdout carries only the result), once for all local workers.
+        from keras_xception.weights import resolve
+
+        weights = resolve(settings.weights, include_top=False, progress=stderr)
+        settings = dataclasses.replace(settings, weights=str(weights))
     train, val = data.split(folder, settings.val_split, seed=settings.seed)
 
     if is_launcher:
