@@ -1,0 +1,288 @@
+"""BatchNormalization folding, on a copy, shared by every runtime.
+
+`fold_batch_norm(model)` returns a new, plain functional `keras.Model` that
+computes the same function with fewer layers:
+
+- every `BatchNormalization` that directly follows a `Conv2D`,
+  `SeparableConv2D` or `DepthwiseConv2D` (whose output feeds nothing else) is
+  folded into that convolution's kernel (the pointwise kernel of a
+  `SeparableConv2D`) plus a bias;
+- every ReLU `Activation` that is then the only consumer of such a
+  convolution becomes the convolution's `activation`, so the backend sees
+  convolution + bias + ReLU as one fusable unit;
+- a nested functional model (the Xception base of a fine-tuned classifier)
+  is folded the same way, in place in the copy.
+
+Only standard Keras layers are used, so the result can be saved with
+`model.save(...)` and reloaded with `keras.saving.load_model(...)` in a process
+that never imports this package. The folding arithmetic is done in float64
+and stored in float32; every runtime (`tensorflow`, `openvino`,
+`onnxruntime`) starts from this float32 copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from keras_xception.errors import ConfigError
+
+# Layers whose output channels are the last axis of the kernel that folding
+# rescales, and the index of that kernel in `layer.get_weights()`.
+_FOLDABLE = {"Conv2D": 0, "SeparableConv2D": 1, "DepthwiseConv2D": 0}
+
+
+def _history(value):
+    """Yields every `keras_history` list inside a serialized call argument."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            yield value["config"]["keras_history"]
+        else:
+            for item in value.values():
+                yield from _history(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _history(item)
+
+
+def _inputs_of(entry):
+    """Names of the layers feeding a serialized layer, one per tensor use."""
+    return [h[0] for node in entry["inbound_nodes"] for h in _history(node)]
+
+
+def _channel_axis_ok(bn_config, conv_config):
+    axis = bn_config["axis"]
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return False
+        axis = axis[0]
+    if conv_config.get("data_format", "channels_last") == "channels_first":
+        return axis == 1
+    return axis in (-1, 3)
+
+
+def _plan(config):
+    """Decides which layers fold into which, from a functional config.
+
+    Returns:
+        `(folds, relus)`: `folds` maps a BatchNormalization name to the
+        convolution it folds into; `relus` maps a ReLU `Activation` name to
+        the convolution that absorbs it.
+    """
+    entries = {entry["name"]: entry for entry in config["layers"]}
+    uses = {}
+    for entry in config["layers"]:
+        for name in _inputs_of(entry):
+            uses[name] = uses.get(name, 0) + 1
+    outputs = config["output_layers"]
+    if outputs and isinstance(outputs[0], str):
+        outputs = [outputs]
+    for name, _, _ in outputs:
+        uses[name] = uses.get(name, 0) + 1
+
+    def single_producer(entry):
+        if len(entry["inbound_nodes"]) != 1:
+            return None
+        sources = _inputs_of(entry)
+        if len(sources) != 1 or uses.get(sources[0]) != 1:
+            return None
+        source = entries[sources[0]]
+        if len(source["inbound_nodes"]) != 1:
+            return None
+        return source
+
+    folds, relus, absorbed = {}, {}, set()
+    for entry in config["layers"]:
+        cfg = entry["config"]
+        if entry["class_name"] == "BatchNormalization":
+            conv = single_producer(entry)
+            if (
+                conv is not None
+                and conv["class_name"] in _FOLDABLE
+                and conv["config"].get("activation", "linear") == "linear"
+                and not cfg.get("renorm", False)
+                and not cfg.get("synchronized", False)
+                and _channel_axis_ok(cfg, conv["config"])
+            ):
+                folds[entry["name"]] = conv["name"]
+        elif entry["class_name"] == "Activation" and cfg["activation"] == "relu":
+            source = single_producer(entry)
+            if source is None:
+                continue
+            # After folding, a ReLU may follow a BatchNormalization that is
+            # gone; its convolution is the real producer.
+            conv_name = folds.get(source["name"], source["name"])
+            conv = entries[conv_name]
+            if (
+                conv["class_name"] in _FOLDABLE
+                and conv["config"].get("activation", "linear") == "linear"
+                and conv_name not in absorbed
+                and (source["name"] == conv_name or uses.get(conv_name) == 1)
+            ):
+                relus[entry["name"]] = conv_name
+                absorbed.add(conv_name)
+    return folds, relus
+
+
+def _rewired_config(config, folds, relus):
+    """The functional config with folded layers removed and edges rewired."""
+    config = copy.deepcopy(config)
+    alias = {**folds, **relus}
+
+    def target(name):
+        while name in alias:
+            name = alias[name]
+        return name
+
+    layers = []
+    for entry in config["layers"]:
+        if entry["name"] in alias:
+            continue
+        if entry["name"] in folds.values():
+            entry["config"]["use_bias"] = True
+        if entry["name"] in relus.values():
+            entry["config"]["activation"] = "relu"
+        for node in entry["inbound_nodes"]:
+            for history in _history(node):
+                history[0] = target(history[0])
+        layers.append(entry)
+    config["layers"] = layers
+
+    def rewire_outputs(value):
+        if value and isinstance(value[0], str):
+            value[0] = target(value[0])
+        else:
+            for item in value:
+                rewire_outputs(item)
+
+    rewire_outputs(config["output_layers"])
+    return config
+
+
+def _folded_weights(conv, bn):
+    """Kernel(s) and bias of `conv` with `bn` applied after it (float64 math)."""
+    weights = [np.asarray(w, dtype=np.float64) for w in conv.get_weights()]
+    kernel_index = _FOLDABLE[type(conv).__name__]
+    if conv.use_bias:
+        bias = weights.pop()
+    else:
+        bias = 0.0
+    gamma = np.asarray(bn.gamma, np.float64) if bn.scale else 1.0
+    beta = np.asarray(bn.beta, np.float64) if bn.center else 0.0
+    mean = np.asarray(bn.moving_mean, np.float64)
+    variance = np.asarray(bn.moving_variance, np.float64)
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    kernel = weights[kernel_index]
+    if isinstance(conv, _layer_class("DepthwiseConv2D")):
+        # Output channel c * multiplier + m lives at kernel[..., c, m].
+        flat = kernel.reshape(kernel.shape[:-2] + (-1,)) * scale
+        weights[kernel_index] = flat.reshape(kernel.shape)
+    else:
+        weights[kernel_index] = kernel * scale
+    weights.append((bias - mean) * scale + beta)
+    return weights
+
+
+def _layer_class(name):
+    import keras
+
+    return getattr(keras.layers, name)
+
+
+def _is_functional_config(config):
+    return isinstance(config, dict) and "layers" in config and "output_layers" in config
+
+
+def fold_batch_norm(model):
+    """Returns a copy of `model` with BatchNormalization folded into convs.
+
+    This is the model half of `optimize_for_inference`, without the runtime.
+    See the module docstring for what is folded. Nested functional models
+    (e.g. the base of a classifier built by `build_classifier`) are folded
+    too; the input model is not modified.
+
+    Args:
+        model: A functional `keras.Model` (e.g. from `keras_xception.Xception`
+            or `keras.applications.Xception`, or a classifier around one).
+
+    Returns:
+        A new functional `keras.Model` made of standard Keras layers. Layers
+        that were not folded keep their names and weights; the input and
+        output names and shapes are unchanged.
+
+    Raises:
+        keras_xception.errors.ConfigError: If `model` is not a functional
+            Keras model, or a BatchNormalization and its convolution have
+            different dtype policies.
+    """
+    import keras
+
+    config = model.get_config() if isinstance(model, keras.Model) else None
+    if not _is_functional_config(config):
+        raise ConfigError(
+            "optimize_for_inference needs a functional keras.Model (such as "
+            f"the one `Xception(...)` returns). Received: {type(model).__name__}"
+        )
+    nested = {}
+    for entry in config["layers"]:
+        if _is_functional_config(entry.get("config")):
+            inner = fold_batch_norm(model.get_layer(entry["name"]))
+            nested[entry["name"]] = inner
+            entry["config"] = {**inner.get_config(), "name": entry["config"]["name"]}
+    folds, relus = _plan(config)
+    if any(
+        layer.dtype_policy.name != model.get_layer(folds[bn]).dtype_policy.name
+        for bn, layer in ((bn, model.get_layer(bn)) for bn in folds)
+    ):
+        raise ConfigError(
+            "Cannot fold a BatchNormalization whose dtype policy differs from "
+            "its convolution's."
+        )
+    new = keras.Model.from_config(_rewired_config(config, folds, relus))
+    bn_of = {conv: bn for bn, conv in folds.items()}
+    for layer in new.layers:
+        if not layer.weights:
+            continue
+        if layer.name in nested:
+            values = nested[layer.name].get_weights()
+        elif layer.name in bn_of:
+            old = model.get_layer(layer.name)
+            values = _folded_weights(old, model.get_layer(bn_of[layer.name]))
+        else:
+            values = model.get_layer(layer.name).get_weights()
+        layer.set_weights(
+            [np.asarray(v).astype(w.dtype) for v, w in zip(values, layer.weights)]
+        )
+    return new
+
+
+def _set_dtype(config, policy):
+    """Sets the dtype policy of every layer in a functional config, nested too."""
+    for entry in config["layers"]:
+        if entry["class_name"] == "InputLayer":
+            continue
+        if _is_functional_config(entry.get("config")):
+            _set_dtype(entry["config"], policy)
+        entry["config"]["dtype"] = policy
+
+
+def with_dtype_policy(model, policy):
+    """A copy of functional `model` whose layers all use dtype `policy`.
+
+    Args:
+        model: A functional `keras.Model` (usually from `fold_batch_norm`).
+        policy: A Keras dtype policy name, e.g. `"mixed_bfloat16"`: variables
+            stay float32, computations run in the policy's compute dtype.
+
+    Returns:
+        A new `keras.Model` with the same weights; its outputs have the
+        policy's compute dtype.
+    """
+    import keras
+
+    config = copy.deepcopy(model.get_config())
+    _set_dtype(config, policy)
+    new = keras.Model.from_config(config)
+    new.set_weights(model.get_weights())
+    return new

@@ -1,0 +1,101 @@
+"""The ONNX Runtime runtime (the `onnxruntime` extra), float32 only.
+
+The folded model is exported to ONNX with Keras's exporter (tf2onnx, from
+the `export` extra) in a temporary folder and run by ONNX Runtime's CPU
+execution provider, which has no bf16 convolutions: this runtime is float32
+only. Needs the TensorFlow backend; ONNX Runtime is imported only inside
+this module's functions.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from keras_xception.errors import ConfigError
+from keras_xception.inference import cpu
+
+NAME = "onnxruntime"
+EXTRA = "pip install 'keras-xception[onnxruntime,export]'"
+
+
+def installed():
+    """Whether ONNX Runtime and the ONNX exporter can be imported."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("onnxruntime", "tf2onnx"))
+
+
+def _require():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(
+            "runtime='onnxruntime' exports the model through TensorFlow; use "
+            "the TensorFlow backend (KERAS_BACKEND=tensorflow) or "
+            f"runtime='keras'. Received: backend={keras.backend.backend()!r}"
+        )
+    if not installed():
+        raise ConfigError(f"runtime='onnxruntime' needs ONNX Runtime and tf2onnx: {EXTRA}")
+    import onnxruntime
+
+    return onnxruntime
+
+
+def label():
+    """The runtime as `describe()` names it, with ONNX Runtime's version."""
+    return f"onnxruntime {_require().__version__}"
+
+
+def native_bf16(flags):
+    """ONNX Runtime's CPU provider computes in float32 only."""
+    return False, "ONNX Runtime's CPU provider has no bf16 convolutions"
+
+
+def compile(model, precision):  # noqa: A001 - one name across runtimes
+    """A forward function for folded float32 `model` (float32 only).
+
+    Args:
+        model: A float32 functional `keras.Model` with one input.
+        precision: `"float32"`.
+
+    Returns:
+        A function: batch (NumPy array) -> float32 NumPy outputs, nested like
+        the model's. Its `threads` attribute is the CPUs ONNX Runtime uses.
+
+    Raises:
+        keras_xception.errors.ConfigError: For `precision="bfloat16"`.
+    """
+    import keras
+
+    ort = _require()
+    if precision != "float32":
+        raise ConfigError(
+            "runtime='onnxruntime' computes in float32 only; use "
+            f"runtime='openvino' or 'keras' for bfloat16. Received: precision={precision!r}"
+        )
+    spec = keras.InputSpec(shape=tuple(model.inputs[0].shape),
+                           dtype=model.inputs[0].dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        model.export(path, format="onnx", verbose=False, input_signature=[spec])
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    structure = model.outputs if len(model.outputs) > 1 else model.outputs[0]
+
+    def forward(x):
+        outputs = session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
+        return keras.tree.pack_sequence_as(
+            structure, [np.asarray(o, dtype=np.float32) for o in outputs]
+        )
+
+    forward.threads = cpu.available_cores()
+    return forward
+
+
+def threads():
+    """ONNX Runtime's default: one thread per available CPU."""
+    return cpu.available_cores()

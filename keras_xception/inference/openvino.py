@@ -1,0 +1,104 @@
+"""The OpenVINO runtime (the `openvino` extra), float32 or bfloat16.
+
+The folded float32 model is traced once as a TensorFlow function with a free
+batch dimension, converted in memory with `openvino.convert_model`, and
+compiled for the CPU with `INFERENCE_PRECISION_HINT` set to `f32` or `bf16`
+(OpenVINO's own default is bf16 wherever the CPU has it natively). Needs the
+TensorFlow backend; OpenVINO is imported only inside this module's functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_xception.errors import ConfigError
+from keras_xception.inference import cpu
+
+NAME = "openvino"
+EXTRA = "pip install 'keras-xception[openvino]'"
+_HINTS = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def installed():
+    """Whether OpenVINO can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _require():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(
+            "runtime='openvino' converts the model through TensorFlow; use the "
+            "TensorFlow backend (KERAS_BACKEND=tensorflow) or runtime='keras'. "
+            f"Received: backend={keras.backend.backend()!r}"
+        )
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError(f"runtime='openvino' needs OpenVINO: {EXTRA}") from None
+    return openvino
+
+
+def label():
+    """The runtime as `describe()` names it, with OpenVINO's version."""
+    return f"openvino {_require().__version__.split('-')[0]}"
+
+
+def native_bf16(flags):
+    """Whether OpenVINO computes bf16 natively on this CPU, and why."""
+    have = cpu.bf16_flags(flags)
+    if not have:
+        return False, "the CPU has no native bf16 (avx512_bf16 or amx_bf16)"
+    return True, f"native bf16 ({', '.join(have)}) through OpenVINO"
+
+
+def convert(model):
+    """The folded `model` as an in-memory `openvino.Model`."""
+    import tensorflow as tf
+
+    ov = _require()
+    spec = tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]),
+                         model.inputs[0].dtype)
+    function = tf.function(lambda x: model(x, training=False),
+                           input_signature=[spec], autograph=False)
+    return ov.convert_model(function.get_concrete_function())
+
+
+def compile(model, precision):  # noqa: A001 - one name across runtimes
+    """A forward function for folded float32 `model` in `precision`.
+
+    Args:
+        model: A float32 functional `keras.Model` with one input.
+        precision: `"float32"` or `"bfloat16"`.
+
+    Returns:
+        A function: batch (NumPy array) -> float32 NumPy outputs, nested like
+        the model's. It holds one infer request: call it from one thread at
+        a time. Its `threads` attribute is OpenVINO's thread count.
+    """
+    import keras
+
+    ov = _require()
+    compiled = ov.Core().compile_model(
+        convert(model), "CPU", {"INFERENCE_PRECISION_HINT": _HINTS[precision]}
+    )
+    request = compiled.create_infer_request()
+    count = len(compiled.outputs)
+    structure = model.outputs if len(model.outputs) > 1 else model.outputs[0]
+
+    def forward(x):
+        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        outputs = [np.array(request.get_output_tensor(i).data, dtype=np.float32)
+                   for i in range(count)]
+        return keras.tree.pack_sequence_as(structure, outputs)
+
+    forward.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+    return forward
+
+
+def threads():
+    """OpenVINO's default thread count for the CPU (before compiling)."""
+    return cpu.available_cores()

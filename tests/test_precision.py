@@ -1,0 +1,211 @@
+"""`optimize_for_inference(model, precision=...)`: the choice and its guard.
+
+The rule for `precision="auto"` is tested with injected CPU flags and
+oneDNN state, so it holds on every machine; the bf16 runtimes themselves
+run wherever they are installed (bf16 is emulated on CPUs without it:
+slower, same numbers within bf16 rounding).
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from keras_xception import Xception, optimize_for_inference
+from keras_xception.architecture import weight_layout
+from keras_xception.errors import ConfigError
+from keras_xception.inference import AccuracyWarning, cpu, guard
+from keras_xception.inference import tensorflow as keras_runtime
+from keras_xception.inference import openvino as ov_runtime
+from keras_xception.preprocessing import load_image, preprocess_input
+from tests import realweights
+
+ZEN4 = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"})
+AVX2 = frozenset({"avx", "avx2", "fma", "f16c"})
+SIZE = 71
+
+
+def cosines(a, b):
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return Xception(weights=None, include_top=False, pooling="avg",
+                    input_shape=(SIZE, SIZE, 3))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(5).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype("float32")
+
+
+@pytest.fixture
+def native(monkeypatch):
+    """A CPU with native bf16 and TensorFlow's oneDNN on, and a fresh guard."""
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: ZEN4)
+    monkeypatch.setattr(keras_runtime, "onednn_enabled", lambda: True)
+    monkeypatch.setattr(guard, "_results", {})
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 AVX512_BF16 fma\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu.cpu_flags(str(info)) == {"fpu", "avx2", "avx512_bf16", "fma"}
+    assert cpu.cpu_flags(str(tmp_path / "missing")) == frozenset()
+    assert cpu.bf16_flags({"avx2", "amx_bf16", "avx512_bf16"}) == ["amx_bf16", "avx512_bf16"]
+
+
+@pytest.mark.parametrize("flags, onednn, expected", [
+    (ZEN4, True, True),
+    (ZEN4, False, False),   # TensorFlow's own bf16 kernels are emulated
+    (AVX2, True, False),    # no native bf16 in the CPU
+    (frozenset(), True, False),
+    (AVX2 | {"amx_bf16"}, True, True),
+])
+def test_tensorflow_native_bf16_rule(monkeypatch, flags, onednn, expected):
+    monkeypatch.setattr(keras_runtime, "onednn_enabled", lambda: onednn)
+    native, reason = keras_runtime.native_bf16(flags)
+    assert native is expected
+    assert ("oneDNN" in reason) if flags & cpu.BF16_FLAGS else ("no native bf16" in reason)
+
+
+def test_openvino_native_bf16_rule():
+    assert ov_runtime.native_bf16(ZEN4)[0] is True
+    assert ov_runtime.native_bf16(AVX2) == (
+        False, "the CPU has no native bf16 (avx512_bf16 or amx_bf16)")
+
+
+def test_auto_stays_float32_without_native_bf16(monkeypatch, small, batch):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: AVX2)
+    fast = optimize_for_inference(small, runtime="keras")
+    plan = fast.describe()
+    assert plan["precision"] == "float32" and plan["requested_precision"] == "auto"
+    assert "no native bf16" in plan["reason"]
+    assert plan["threads"] >= 1 and plan["runtime"].startswith("keras/")
+    expected = small.predict(batch, verbose=0)
+    np.testing.assert_allclose(fast.predict(batch), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+
+
+def test_auto_picks_bf16_where_native_once_the_guard_passes(native, monkeypatch,
+                                                            small, batch):
+    calls = []
+    real_min_cosine = guard.min_cosine
+    monkeypatch.setattr(guard, "min_cosine",
+                        lambda a, b: calls.append(1) or real_min_cosine(a, b))
+    fast = optimize_for_inference(small, runtime="keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AccuracyWarning)
+        got = fast.predict(batch, batch_size=2)
+    plan = fast.describe()
+    assert plan["precision"] == "bfloat16", plan
+    assert "accuracy guard passed" in plan["reason"]
+    assert got.dtype == np.float32 and got.shape == (3, 2048)
+    expected = small.predict(batch, verbose=0)
+    assert cosines(got, expected).min() >= guard.THRESHOLD
+    # bf16 really ran: the outputs are not float32's to float32 rounding.
+    assert np.abs(got - expected).max() > 1e-4 * np.abs(expected).max()
+    # The guard ran once; a second wrapper of the same model reuses it.
+    again = optimize_for_inference(small, runtime="keras")
+    assert again.describe()["precision"] == "bfloat16"
+    assert len(calls) == 1
+
+
+def test_auto_falls_back_to_float32_with_a_warning(native, monkeypatch, small, batch):
+    # A probe whose bf16 outputs miss the threshold: every cosine is below 1.5.
+    monkeypatch.setattr(guard, "THRESHOLD", 1.5)
+    fast = optimize_for_inference(small, runtime="keras")
+    with pytest.warns(AccuracyWarning, match="minimum cosine .* < 1.5.*using float32"):
+        got = fast.predict(batch)
+    plan = fast.describe()
+    assert plan["precision"] == "float32" and "using float32" in plan["reason"]
+    expected = small.predict(batch, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_guard_probe_is_fixed_and_in_range():
+    a, b = guard.probe_batch((None, 96, 3)), guard.probe_batch((None, 96, 3))
+    assert a.shape == (guard.PROBE_IMAGES, 299, 96, 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1 and a.std() > 0.3
+    assert guard.min_cosine(a, a) == pytest.approx(1.0)
+    assert guard.min_cosine(a, -a) == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"precision": "half"}, "Received: precision='half'"),
+    ({"runtime": "tvm"}, "Received: runtime='tvm'"),
+])
+def test_bad_arguments_name_the_value(small, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        optimize_for_inference(small, **kwargs)
+
+
+def test_missing_openvino_names_the_extra(monkeypatch, small):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import fails
+    with pytest.raises(ConfigError, match=r"keras-xception\[openvino\]"):
+        optimize_for_inference(small, runtime="openvino")
+
+
+def test_onnxruntime_refuses_bfloat16(small):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ConfigError, match="float32 only.*Received: precision='bfloat16'"):
+        optimize_for_inference(small, "bfloat16", runtime="onnxruntime")
+
+
+def available_runtimes():
+    runtimes = ["keras"]
+    if ov_runtime.installed():
+        runtimes.append("openvino")
+    return runtimes
+
+
+# ------------------------------------------ accuracy on the genuine weights
+
+
+@pytest.fixture(scope="module")
+def kitchen_batch(kitchen_photos):
+    """The 18 photos at 299x299, preprocessed."""
+    return np.stack([preprocess_input(load_image(p)) for p in kitchen_photos])
+
+
+@pytest.fixture(scope="module")
+def imagenet_features(imagenet_notop_arrays):
+    model = Xception(weights=None, include_top=False, pooling="avg",
+                     input_shape=(299, 299, 3))
+    for entry, values in zip(weight_layout(False), imagenet_notop_arrays):
+        model.get_layer(entry.name).set_weights(values)
+    return model
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("runtime", available_runtimes())
+def test_bf16_features_and_kitchen_head_stay_close(runtime, imagenet_features,
+                                                   kitchen_batch, kitchen_photos):
+    """bf16 vs float32 on 18 photos: features cos >= 0.998, head agrees 18/18."""
+    expected = imagenet_features.predict(kitchen_batch, batch_size=6, verbose=0)
+    got = optimize_for_inference(imagenet_features, "bfloat16",
+                                 runtime=runtime).predict(kitchen_batch, batch_size=6)
+    assert got.shape == (18, 2048) and got.dtype == np.float32
+    assert cosines(got, expected).min() >= guard.THRESHOLD
+    # The fine-tuned classifier: Xception nested in it, a small head after.
+    kitchen = realweights.load_kitchenware_model()
+    size = tuple(kitchen.inputs[0].shape[1:3])  # the classifier's 150x150
+    photos = np.stack([preprocess_input(load_image(p, target_size=size))
+                       for p in kitchen_photos])
+    weights = [w.copy() for w in kitchen.get_weights()]
+    fast = optimize_for_inference(kitchen, "bfloat16", runtime=runtime)
+    head = kitchen.predict(photos, batch_size=6, verbose=0)
+    got = fast.predict(photos, batch_size=6)
+    assert got.shape == head.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got.argmax(-1), head.argmax(-1))
+    # Folding worked on a copy: the classifier is unchanged.
+    assert all(np.array_equal(a, b) for a, b in zip(weights, kitchen.get_weights()))
+    assert any(isinstance(l, keras.layers.BatchNormalization)
+               for l in kitchen.get_layer("xception").layers)
