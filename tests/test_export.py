@@ -1,6 +1,7 @@
 """`keras-xception export`: the exported model matches the Keras model.
 
-ONNX and LiteRT need the `export` extra, which the `test` extra includes.
+ONNX and LiteRT need the `export` extra, OpenVINO the `openvino` extra; the
+`test` extra includes both.
 """
 
 import numpy as np
@@ -124,3 +125,30 @@ def test_litert_matches(imagenet_notop_arrays, photos, tmp_path):
         interpreter.invoke()
         got.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
     np.testing.assert_allclose(np.stack(got), expected, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.numerics
+def test_openvino_matches(features, photos, tmp_path):
+    import openvino as ov
+
+    out = export(optimize_for_inference(features), tmp_path / "ir", "openvino")
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.xml"]
+    expected = features.predict(photos, verbose=0)
+    core = ov.Core()
+    model = core.read_model(out / "model.xml")
+    f32 = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = f32(photos)[0]
+    assert got.shape == expected.shape == (2, 10, 10, 2048)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+    # OpenVINO's default (bf16 where the CPU has it) stays close to float32.
+    default = np.asarray(core.compile_model(model, "CPU")(photos)[0], np.float64)
+    a, b = default.reshape(2, -1), expected.reshape(2, -1).astype(np.float64)
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() >= 0.998
+
+
+def test_openvino_from_the_command_line_refuses_an_existing_file(tmp_path):
+    out = tmp_path / "ir"
+    out.write_text("")
+    done = commandline.run("export", "imagenet", out, "--format", "openvino")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "exists already" in done.stderr and out.read_text() == ""

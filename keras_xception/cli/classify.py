@@ -73,6 +73,12 @@ def add_parser(subparsers):
                         help="refuse images larger than N pixels (width x height; "
                         "default: $KERAS_XCEPTION_MAX_PIXELS, else 178956970, "
                         "Pillow's decompression-bomb limit)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+                        default="auto",
+                        help="compute precision (default: auto: bfloat16 only "
+                        "where the CPU computes it natively (avx512_bf16 or "
+                        "amx_bf16) and a probe check against float32 holds, "
+                        "else float32; outputs are always float32)")
     parser.set_defaults(run=run)
 
 
@@ -120,7 +126,8 @@ def find_files(paths, on_error):
     return files
 
 
-def classify(files, weights, *, top, batch_size, max_pixels, on_error):
+def classify(files, weights, *, top, batch_size, max_pixels, on_error,
+             precision="auto"):
     """Classifies `files`; yields `(path, [(synset, label, score), ...])`.
 
     Images are streamed: at most a few batches are decoded at any time.
@@ -147,7 +154,7 @@ def classify(files, weights, *, top, batch_size, max_pixels, on_error):
         from keras_xception.inference import optimize_for_inference
         from keras_xception.model import Xception
 
-        model = optimize_for_inference(Xception(weights=weights))
+        model = optimize_for_inference(Xception(weights=weights), precision)
         for paths, images in itertools.chain([first], batches):
             first = None  # Drop the reference so the batch can be freed.
             probs = model.predict(images, batch_size=len(paths), verbose=0)
@@ -205,7 +212,7 @@ def run(args) -> int:
     results = []
     for path, predictions in classify(
         files, weights, top=args.top, batch_size=batch_size,
-        max_pixels=max_pixels, on_error=on_error,
+        max_pixels=max_pixels, on_error=on_error, precision=args.precision,
     ):
         if args.json:
             results.append(_record(path, predictions))

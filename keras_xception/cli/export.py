@@ -11,6 +11,9 @@ convolutions) unless `--no-optimize` is given, and written with Keras's
 - `onnx`: one `.onnx` file (the `export` extra: tf2onnx, onnx).
 - `litert`: one `.tflite` file for LiteRT / TensorFlow Lite (TensorFlow's
   converter; the `export` extra's `ai-edge-litert` runs it).
+- `openvino`: an OpenVINO IR folder holding `model.xml` and `model.bin`
+  (float32 weights; the `openvino` extra). OpenVINO picks bf16 by itself at
+  load time where the CPU has it natively.
 
 The exported model takes preprocessed images (`preprocess_input`: pixels
 scaled to [-1, 1]), shape `(batch, 299, 299, 3)`.
@@ -28,7 +31,11 @@ FORMATS = {
     "saved_model": ("tf_saved_model", ""),
     "onnx": ("onnx", ".onnx"),
     "litert": ("litert", ".tflite"),
+    "openvino": ("openvino", ""),
 }
+
+# The IR's file inside the openvino output folder (its weights: model.bin).
+OPENVINO_XML = "model.xml"
 
 # What every `.keras` archive holds: the model's configuration and its
 # weights (`model.weights.h5`, or `.npz`).
@@ -39,14 +46,14 @@ KERAS_WEIGHTS = "model.weights"
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "export",
-        help="export a model as a SavedModel, ONNX or LiteRT file",
+        help="export a model as a SavedModel, ONNX, LiteRT or OpenVINO file",
         description="Export Xception for serving. WEIGHTS_OR_MODEL is "
         "'imagenet' (the model with its classifier), a weights file or URL, "
         "or a .keras model file.",
     )
     parser.add_argument("source", metavar="WEIGHTS_OR_MODEL")
     parser.add_argument("out", metavar="OUT",
-                        help="output directory (saved_model) or file")
+                        help="output directory (saved_model, openvino) or file")
     parser.add_argument("--format", choices=sorted(FORMATS), default="saved_model",
                         help="default: saved_model")
     parser.add_argument("--no-optimize", action="store_true",
@@ -178,7 +185,8 @@ def check_output(out, fmt):
 
     Raises:
         keras_xception.errors.ConfigError: If `out` has the wrong suffix,
-            exists (only an empty folder may be given for saved_model), or
+            exists (only an empty folder may be given for saved_model or
+            openvino), or
             cannot be created (a parent is a file or not writable), or the
             format's converter is not installed.
     """
@@ -195,6 +203,8 @@ def check_output(out, fmt):
     out = check_parent(out, what="OUT")
     if fmt == "onnx":
         _require("tf2onnx", "onnx")
+    if fmt == "openvino":
+        _require("openvino", extra="openvino")
     empty_folder = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
     if (out.exists() or out.is_symlink()) and not (empty_folder and not suffix):
         raise ConfigError(
@@ -231,9 +241,12 @@ def export(model, out, fmt):
     try:
         with atomic_path(out, suffix=suffix, directory=directory,
                          overwrite=False) as tmp:
-            if directory:
+            target = tmp
+            if fmt == "openvino":
+                target = tmp / OPENVINO_XML  # and model.bin beside it
+            elif directory:
                 tmp.rmdir()  # The exporter creates its folder itself.
-            model.export(str(tmp), format=keras_format, verbose=False,
+            model.export(str(target), format=keras_format, verbose=False,
                          input_signature=[spec])
     except OSError as err:
         if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
@@ -251,7 +264,7 @@ def _one_line(err, limit=300):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _require(*modules):
+def _require(*modules, extra="export"):
     import importlib.util
 
     from keras_xception.errors import ConfigError
@@ -260,7 +273,7 @@ def _require(*modules):
     if missing:
         raise ConfigError(
             f"This export format needs {', '.join(missing)}: "
-            "pip install 'keras-xception[export]'"
+            f"pip install 'keras-xception[{extra}]'"
         )
 
 
