@@ -1,0 +1,270 @@
+"""Batch embeddings and classification of image collections, resumable.
+
+    from keras_xception import batch
+
+    manifest = batch.run("embed", ["photos/", "more.csv"], "out/")
+    # pyarrow.dataset.dataset("out/", format="parquet"): path, embedding
+
+`run` expands the sources (files, folders, `.txt`/`.csv`/`.parquet` lists of
+paths; `sources`), cuts the paths into shards with stable names, skips the
+shards an earlier run with the same model and inputs completed, processes
+the rest on an engine and writes each shard's results atomically (`sink`).
+
+Engines:
+
+- `"local"`: in this process, the pipeline `keras-xception classify` uses
+  (`local_engine`);
+- `"ray"`: Ray Data: decoding in Ray tasks, the model in a pool of actors
+  (`ray_engine`); embedded on this machine (listening on 127.0.0.1 only)
+  unless `address` names a cluster (`"auto"`, `"ray://HOST:PORT"`);
+- `"auto"` (default): `"ray"` when `address` is given or there are more
+  than `AUTO_LOCAL_MAX` inputs and Ray is installed, else `"local"`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+
+from keras_xception.batch.models import (
+    CLASSIFY,
+    KINDS,
+    ModelSpec,
+    file_sha256,
+    result_schema,
+)
+from keras_xception.batch.sources import DEFAULT_PATH_COLUMN, DEFAULT_SHARD_SIZE
+from keras_xception.errors import ConfigError
+
+__all__ = ["AUTO_LOCAL_MAX", "ENGINES", "run"]
+
+ENGINES = ("auto", "local", "ray")
+
+# Up to this many inputs, `engine="auto"` runs in-process: starting Ray and
+# its actors costs more than it saves on a small job.
+AUTO_LOCAL_MAX = 10_000
+
+TOP_MAX = 1000
+
+_VERSIONS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "pillow",
+             "pyarrow", "ray")
+
+
+def ray_available() -> bool:
+    """Whether Ray Data and pyarrow can be imported."""
+    return all(importlib.util.find_spec(m) is not None for m in ("ray", "pyarrow"))
+
+
+def choose_engine(engine, address, count) -> str:
+    """The engine `run` uses: see the module docstring for `"auto"`.
+
+    Raises:
+        ConfigError: For an unknown engine, `address` with the local engine,
+            or the Ray engine without Ray installed.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(
+            f"--engine must be one of {', '.join(ENGINES)}. Received: --engine {engine!r}"
+        )
+    if engine == "auto":
+        if address or (count > AUTO_LOCAL_MAX and ray_available()):
+            engine = "ray"
+        else:
+            engine = "local"
+    if engine == "local" and address:
+        raise ConfigError(
+            f"--address names a Ray cluster, which --engine local does not use. "
+            f"Received: --address {address!r} --engine local"
+        )
+    if engine == "ray" and not ray_available():
+        raise ConfigError(
+            "--engine ray needs Ray Data and pyarrow: pip install "
+            "'keras-xception[ray]'"
+        )
+    return engine
+
+
+def _versions() -> dict:
+    from keras_xception import __version__
+
+    out = {"keras-xception": __version__}
+    for name in _VERSIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _model_spec(kind, weights, model_path, precision, top, stream) -> ModelSpec:
+    from keras_xception.weights.validate import inspect as inspect_weights
+
+    if model_path is not None:
+        from keras_xception.training.saving import read_metadata
+
+        path = os.fspath(model_path)
+        if not os.path.isfile(path):
+            raise ConfigError(f"No such model file: {path!r}. Received: --model {path!r}")
+        read_metadata(path)  # A readable .keras archive, before any work.
+        return ModelSpec(kind, model_path=os.path.abspath(path), precision=precision,
+                         top=top, sha256=file_sha256(path))
+    from keras_xception.weights import resolve
+
+    path = resolve(weights, include_top=kind == CLASSIFY, progress=stream)
+    summary = inspect_weights(path)
+    if kind == CLASSIFY and not summary.include_top:
+        from keras_xception.errors import WeightsError
+
+        raise WeightsError(
+            f"{path} holds Xception weights without the classifier top, which "
+            "classify needs: pass weights with the top, or a fine-tuned model "
+            "with --model."
+        )
+    return ModelSpec(kind, weights=os.path.abspath(path), precision=precision, top=top,
+                     sha256=file_sha256(path))
+
+
+def run(
+    kind,
+    sources,
+    output,
+    *,
+    engine="auto",
+    address=None,
+    batch_size=8,
+    weights="imagenet",
+    model_path=None,
+    top=5,
+    precision="float32",
+    path_column=DEFAULT_PATH_COLUMN,
+    shard_size=DEFAULT_SHARD_SIZE,
+    max_pixels=None,
+    overwrite=False,
+    progress=None,
+    on_error=None,
+    ray_options=None,
+):
+    """Runs a batch job over `sources`, writing a Parquet dataset to `output`.
+
+    Args:
+        kind: `"embed"` (columns `path`, `embedding`: 2048 float32) or
+            `"classify"` (`path`, `class_index`, `class_name`, `score`:
+            top-k lists).
+        sources: Files, folders and `.txt`/`.csv`/`.parquet` lists of paths.
+        output: The output folder (see `sink`).
+        engine: `"auto"`, `"local"` or `"ray"`.
+        address: A Ray cluster (`"auto"`, `"ray://HOST:PORT"`, `"HOST:PORT"`)
+            or `None` for Ray embedded on this machine.
+        batch_size: Images per forward pass.
+        weights: `"imagenet"`, a weights file or URL; for `embed` a no-top
+            or a full file (its base is used).
+        model_path: A `.keras` model file instead of `weights` (a fine-tuned
+            classifier from `keras-xception fine-tune`).
+        top: Classes per image for `classify`, 1 to 1000.
+        precision: `"float32"` (default), `"bfloat16"` or `"auto"`, passed
+            to `optimize_for_inference(precision=...)`. Results of different
+            precisions are never mixed in one output.
+        path_column: The column of paths in `.csv`/`.parquet` lists.
+        shard_size: Inputs per shard (the unit written atomically and
+            skipped by a rerun).
+        max_pixels: The pixel limit for decoding (`images.decode`).
+        overwrite: Replace earlier results of another model or other inputs
+            in `output` instead of refusing.
+        progress: A text stream for progress lines (e.g. `sys.stderr`), or
+            `None`.
+        on_error: Called as `on_error(path, reason)` for each source or
+            image that cannot be read (besides the error table), or `None`.
+        ray_options: More keyword arguments for `ray.init` (embedded Ray).
+
+    Returns:
+        The manifest written to `output/_manifest.json`, as a dict; its
+        `counts["errors"]` is the number of unreadable inputs.
+
+    Raises:
+        ConfigError: For a bad argument, an output folder holding other
+            results (without `overwrite`), or a list file that cannot be read.
+        WeightsError: If the weights cannot be found or do not fit.
+    """
+    from keras_xception.batch import progress as progress_lib
+    from keras_xception.batch import sink as sink_lib
+    from keras_xception.batch import sources as sources_lib
+    from keras_xception.images import max_pixels_limit
+
+    if kind not in KINDS:
+        raise ConfigError(f"`kind` must be one of {', '.join(KINDS)}. Received: kind={kind!r}")
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= TOP_MAX:
+        raise ConfigError(f"--top must be from 1 to {TOP_MAX}. Received: --top {top!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"--batch-size must be a positive integer. Received: --batch-size {batch_size!r}"
+        )
+    if model_path is not None and weights not in (None, "imagenet"):
+        raise ConfigError(
+            "--model already holds its weights; pass --model or --weights, not "
+            f"both. Received: --weights {weights!r}"
+        )
+    if isinstance(sources, (str, bytes, os.PathLike)):
+        sources = [sources]
+    sources = [os.fsdecode(s) for s in sources]
+    max_pixels = max_pixels_limit(max_pixels)
+    sink = sink_lib.Sink(output, kind)
+
+    scan_errors = []
+
+    def scan_error(path, message):
+        scan_errors.append((os.fsdecode(path), message))
+        if on_error is not None:
+            on_error(path, message)
+
+    paths = sources_lib.expand(sources, path_column=path_column, on_error=scan_error)
+    if not paths and not scan_errors:
+        raise ConfigError(f"No image paths in {', '.join(map(repr, sources))}")
+    engine = choose_engine(engine, address, len(paths))
+    shards = sources_lib.make_shards(paths, shard_size)
+    del paths
+    stream = progress
+    spec = _model_spec(kind, weights, model_path, precision, top, stream or False)
+    job = {"model": spec.identity(), "sources": sources}
+    pending = sink.open(job, shards, overwrite=overwrite)
+
+    def write(shard, table, errors):
+        if on_error is not None:
+            for path, reason in errors:
+                on_error(path, reason)
+        sink.write_shard(shard, table, errors)
+
+    counter = progress_lib.Progress(kind, sum(len(s.paths) for s in pending), stream)
+    if pending:
+        if stream is not None and len(pending) < len(shards):
+            print(f"{kind}: {len(shards) - len(pending)} of {len(shards)} shards done "
+                  "by an earlier run; doing the rest", file=stream, flush=True)
+        common = dict(batch_size=batch_size, max_pixels=max_pixels, write=write,
+                      progress=counter)
+        if engine == "ray":
+            from keras_xception.batch import ray_engine
+
+            ray_engine.run(pending, spec, address=address, ray_options=ray_options,
+                           **common)
+        else:
+            from keras_xception.batch import local_engine
+
+            local_engine.run(pending, spec, **common)
+        counter.close()
+    manifest = {
+        "kind": kind,
+        "inputs": sources,
+        "path_column": path_column,
+        "model": spec.identity(),
+        "weights": spec.weights,
+        "model_path": spec.model_path,
+        "precision": spec.precision,
+        "engine": engine,
+        "address": address,
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "columns": result_schema(kind).names,
+        "versions": _versions(),
+    }
+    return sink.finish(shards, scan_errors, manifest)
+

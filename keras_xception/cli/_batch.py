@@ -1,0 +1,119 @@
+"""Options and running of the batch commands: `embed` and `classify --output DIR`.
+
+`add_batch_arguments(parser)` adds the options both commands take (an option
+the parser already has, such as classify's `--top`, is kept as it is), and
+`run_batch(args, kind)` runs `keras_xception.batch.run` with them.
+
+Results go into the `--output` folder, one Parquet dataset; stdout gets
+only `--json`'s manifest; progress, one line per unreadable input and a
+closing summary go to stderr. Exit status: 0 when every input was read, 1
+when some were not (they are in `_errors.parquet`; the others' results are
+complete either way) or for an expected error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from keras_xception.cli._args import existing_file, output_path, positive_int
+
+# As for classify: the model's activations grow with the batch (about 30 MiB
+# per 299x299 image), while a CPU is as busy at 8 as at 32.
+MAX_BATCH_SIZE = 32
+
+
+def _add(parser, *flags, **kwargs):
+    if any(flag in parser._option_string_actions for flag in flags):
+        return
+    parser.add_argument(*flags, **kwargs)
+
+
+def add_batch_arguments(parser):
+    """Adds the batch options (`--output`, `--engine`, ...) to `parser`."""
+    from keras_xception.batch import ENGINES
+    from keras_xception.batch.sources import DEFAULT_PATH_COLUMN, DEFAULT_SHARD_SIZE
+
+    _add(parser, "--output", type=output_path, metavar="DIR",
+         help="write the results into DIR as a Parquet dataset (with "
+         "_errors.parquet and _manifest.json); a rerun skips completed shards")
+    _add(parser, "--engine", choices=ENGINES, default="auto",
+         help="'local' (in this process), 'ray' (Ray Data, embedded on this "
+         "machine or the cluster of --address) or 'auto' (default: ray with "
+         "--address or more than 10,000 inputs, else local)")
+    _add(parser, "--address", metavar="ADDRESS",
+         help="a Ray cluster: 'auto', 'ray://HOST:PORT' or 'HOST:PORT' "
+         "(default: start Ray on this machine, on 127.0.0.1 only)")
+    _add(parser, "--batch-size", type=positive_int, default=8, metavar="N",
+         help=f"images per forward pass (default: 8; at most {MAX_BATCH_SIZE})")
+    _add(parser, "--weights", default="imagenet",
+         help="'imagenet' (default), a weights file or an http(s) URL")
+    _add(parser, "--model", type=existing_file, metavar="PATH.keras",
+         help="a fine-tuned .keras model instead of --weights")
+    _add(parser, "--precision", choices=("auto", "float32", "bfloat16"),
+         default="float32",
+         help="compute precision (default: float32, so embeddings from "
+         "different machines can share one index; auto: bfloat16 where the "
+         "CPU computes it natively and a probe check holds)")
+    _add(parser, "--path-column", default=DEFAULT_PATH_COLUMN, metavar="NAME",
+         help="the column of paths in a .csv or .parquet list "
+         f"(default: {DEFAULT_PATH_COLUMN})")
+    _add(parser, "--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE,
+         metavar="N", help="inputs per result file, the unit a rerun skips "
+         f"(default: {DEFAULT_SHARD_SIZE})")
+    _add(parser, "--max-pixels", type=positive_int, default=None, metavar="N",
+         help="refuse images larger than N pixels (default: "
+         "$KERAS_XCEPTION_MAX_PIXELS, else 178956970)")
+    _add(parser, "--overwrite", action="store_true",
+         help="replace results of another model or other inputs in --output")
+    _add(parser, "--json", action="store_true",
+         help="print the manifest (inputs, model, counts) as JSON on stdout at the end")
+
+
+def run_batch(args, kind) -> int:
+    """Runs `kind` (`"embed"` or `"classify"`) with the parsed `args`.
+
+    Returns:
+        The exit status: 0, or 1 if some inputs could not be read.
+    """
+    from keras_xception import batch
+    from keras_xception.errors import ConfigError
+
+    if getattr(args, "output", None) is None:
+        raise ConfigError(f"{kind} needs --output DIR for batch results")
+    batch_size = args.batch_size
+    if batch_size > MAX_BATCH_SIZE:
+        print(f"note: --batch-size {batch_size} is more than {MAX_BATCH_SIZE}; "
+              f"using {MAX_BATCH_SIZE}", file=sys.stderr)
+        batch_size = MAX_BATCH_SIZE
+
+    # images.decode applies the pixel limit itself; Pillow's own
+    # process-wide check would refuse a raised --max-pixels.
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+
+    def on_error(path, message):
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+    manifest = batch.run(
+        kind, args.paths, args.output,
+        engine=args.engine, address=args.address, batch_size=batch_size,
+        weights=args.weights, model_path=args.model, top=getattr(args, "top", 5),
+        precision=args.precision, path_column=args.path_column,
+        shard_size=args.shard_size, max_pixels=args.max_pixels,
+        overwrite=args.overwrite, progress=sys.stderr, on_error=on_error,
+    )
+    counts = manifest["counts"]
+    output = os.fsdecode(args.output)
+    summary = f"{kind}: {counts['images']:,} images written to {output!r}"
+    if counts["errors"]:
+        summary += (f"; {counts['errors']:,} unreadable, listed in "
+                    f"{os.path.join(output, '_errors.parquet')!r}")
+    print(summary, file=sys.stderr, flush=True)
+    if args.json:
+        json.dump(manifest, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 1 if counts["errors"] else 0
