@@ -123,20 +123,59 @@ def _peak_memory_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss"
 
 
-def _build(contestant):
-    """The predict function a contestant is timed with."""
+# Contestant -> (runtime, precision) of `optimize_for_inference`.
+FAST = {
+    "fast": ("auto", "auto"),
+    "fast-float32": ("keras", "float32"),
+    "fast-bfloat16": ("keras", "bfloat16"),
+}
+# Peers: other runtimes at their default settings, when installed.
+PEERS = ("onnxruntime", "openvino")
+
+
+def _peer_installed(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _build(contestant, model):
+    """The predict function a contestant is timed with, and what it runs."""
     import keras
+    import numpy as np
 
     from keras_xception.inference import compile_forward, optimize_for_inference
-    from keras_xception.model import Xception
+    from keras_xception.inference import openvino as ov_runtime
 
-    if contestant == "fast":
-        return optimize_for_inference(Xception(weights=None)).predict
-    model = keras.applications.Xception(weights=None)
+    if contestant in FAST:
+        runtime, precision = FAST[contestant]
+        fast = optimize_for_inference(model, precision, runtime=runtime)
+        plan = fast.describe()
+        return fast.predict, {"runtime": plan["runtime"], "precision": plan["precision"]}
+    if contestant == "onnxruntime":
+        from keras_xception.inference import onnxruntime as ort_runtime
+
+        forward = ort_runtime.compile(model, "float32")
+        return (lambda x, **kwargs: forward(x)), {
+            "runtime": ort_runtime.label(), "precision": "float32"}
+    if contestant == "openvino":
+        import openvino as ov
+
+        # OpenVINO's own defaults, on the unfolded model.
+        compiled = ov.Core().compile_model(ov_runtime.convert(model), "CPU")
+        request = compiled.create_infer_request()
+
+        def predict(x, **kwargs):
+            request.infer({0: x})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        return predict, {"runtime": ov_runtime.label(), "precision": hint}
+    info = {"runtime": f"keras/{keras.backend.backend()}", "precision": "float32"}
     if contestant == "reference-compiled":
         forward = compile_forward(model)
-        return lambda x, **kwargs: forward(x)
-    return model.predict
+        return (lambda x, **kwargs: forward(x)), info
+    return model.predict, info
 
 
 def _worker(config):
@@ -150,17 +189,33 @@ def _worker(config):
     if policy:
         keras.config.set_dtype_policy(policy)
     compute_dtype = keras.config.dtype_policy().compute_dtype
-    predict = _build(config["contestant"])
+    from keras_xception.inference.guard import min_cosine
+    from keras_xception.model import Xception
+
+    # The same weights in every worker, so outputs can be compared.
+    keras.utils.set_random_seed(0)
+    if config["contestant"] in ("reference", "reference-compiled", "reference-default"):
+        model = keras.applications.Xception(weights=None)
+    else:
+        model = Xception(weights=None)
     rng = np.random.default_rng(0)
     size = architecture.DEFAULT_SIZE
     batch = rng.uniform(-1, 1, (config["batch_size"], size, size, 3)).astype("float32")
     single = batch[:1]
+    # Float32 outputs of the model before any runtime touches it.
+    expected = keras.ops.convert_to_numpy(model(batch, training=False))
+    predict, info = _build(config["contestant"], model)
     kwargs = {"verbose": 0}
     for _ in range(2):  # trace and warm up both shapes
-        predict(batch, **kwargs)
+        got = predict(batch, **kwargs)
         predict(single, **kwargs)
+    info["min_cosine"] = min_cosine(expected, got)
     _matmul_rate(config["sgemm_size"], compute_dtype, repeats=1)
-    print(json.dumps({"ready": True, "onednn": onednn_enabled()}), flush=True)
+    bf16_gemm = None
+    if keras.backend.backend() == "tensorflow":
+        bf16_gemm = _matmul_rate(config["sgemm_size"], "bfloat16", repeats=1)
+    print(json.dumps({"ready": True, "onednn": onednn_enabled(), **info,
+                      "sgemm_bf16": bf16_gemm}), flush=True)
 
     for line in sys.stdin:
         if line.strip() != "round":
@@ -213,7 +268,8 @@ class _Worker:
         return json.loads(line)
 
     def wait_ready(self):
-        self.onednn = self._read()["onednn"]
+        self.ready = self._read()
+        self.onednn = self.ready["onednn"]
 
     def round(self):
         self.process.stdin.write("round\n")
@@ -240,7 +296,7 @@ def _cpu_name():
 
 
 def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
-        compare="both", log=None):
+        compare="both", log=None, only=None):
     """Runs the benchmark and returns its results as a dict.
 
     Args:
@@ -255,6 +311,8 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             `"default"` (reference in TensorFlow's default runtime) or
             `"both"`.
         log: Optional callable for progress messages.
+        only: Optional collection of contestant names to keep (`fast` is
+            always kept: the ratios are against it).
 
     Returns:
         A dict with `machine`, `settings` and one entry per contestant under
@@ -274,7 +332,9 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
     env = dict(os.environ)
     config = {"batch_size": batch_size, "mixed_precision": mixed_precision,
               "sgemm_size": sgemm_size}
-    contestants = [("fast", env)]
+    contestants = [(name, env) for name in FAST]
+    contestants += [(name, env) for name in PEERS
+                    if backend == "tensorflow" and _peer_installed(name)]
     if compare in ("same", "both"):
         contestants[:0] = [("reference", env), ("reference-compiled", env)]
     default_env = {k: v for k, v in env.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
@@ -285,6 +345,8 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
     ):
         contestants.insert(0, ("reference-default", default_env))
 
+    if only:
+        contestants = [(n, e) for n, e in contestants if n in set(only) | {"fast"}]
     # Start one at a time so that loading does not overlap measurement.
     workers = []
     for name, worker_env in contestants:
@@ -313,6 +375,11 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             "latency_ms": 1000 * median["single_s"],
             "sgemm_gflops": median["sgemm"],
             "roofline": img_per_s * gflop / median["sgemm"],
+            "bf16_roofline": (img_per_s * gflop / worker.ready["sgemm_bf16"]
+                              if worker.ready.get("sgemm_bf16") else None),
+            "runtime": worker.ready["runtime"],
+            "precision": worker.ready["precision"],
+            "min_cosine": worker.ready["min_cosine"],
             "peak_memory_mb": finals[worker.contestant]["peak_memory"] / 2**20,
             "memory_kind": finals[worker.contestant]["memory_kind"],
         }
@@ -339,6 +406,10 @@ def _on_off(state):
     return {True: "on", False: "off"}.get(state, "n/a")
 
 
+def _share(value):
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def format_table(report):
     """The results as a plain-text table (ratios are fast vs that row)."""
     settings = report["settings"]
@@ -348,22 +419,26 @@ def format_table(report):
         f"Keras {report['machine']['keras']} / {report['machine']['backend']}, "
         f"batch {batch}, {settings['rounds']} rounds, "
         f"mixed precision: {settings['mixed_precision']}",
-        f"{'contestant':<18} {'oneDNN':>6} {'img/s':>7} {'ms/img':>7} "
+        f"{'contestant':<18} {'runtime':<30} {'prec':<8} {'min cos':>8} "
+        f"{'oneDNN':>6} {'img/s':>7} {'ms/img':>7} "
         f"{'1-img ms':>9} {'fast x thr':>10} {'fast x lat':>10} "
-        f"{'matmul GF/s':>11} {'roofline':>8} {'peak MB':>8}",
+        f"{'matmul GF/s':>11} {'roofline':>8} {'bf16 roof':>9} {'peak MB':>8}",
     ]
     for name, r in report["results"].items():
         lines.append(
-            f"{name:<18} {_on_off(r['onednn']):>6} {r['img_per_s']:>7.2f} "
+            f"{name:<18} {r['runtime']:<30} {r['precision']:<8} {r['min_cosine']:>8.5f} "
+            f"{_on_off(r['onednn']):>6} {r['img_per_s']:>7.2f} "
             f"{r['batch_ms_per_image']:>7.1f} {r['latency_ms']:>9.1f} "
             f"{r['throughput_ratio']:>9.2f}x {r['latency_ratio']:>9.2f}x "
             f"{r['sgemm_gflops']:>11.1f} {r['roofline']:>7.0%} "
-            f"{r['peak_memory_mb']:>8.0f}"
+            f"{_share(r.get('bf16_roofline')):>9} {r['peak_memory_mb']:>8.0f}"
         )
     lines.append(
         f"roofline = img/s x {settings['model_gflop']:.2f} GFLOP / matmul GFLOP/s "
         f"({settings['sgemm_size']}^2 matmul, same process); "
-        "'fast x' = fast's advantage over that row."
+        "bf16 roof: the same against a bf16 matmul; "
+        "'fast x' = fast's (precision auto) advantage over that row; "
+        "min cos: smallest cosine of that row's outputs to float32."
     )
     return "\n".join(lines)
 
@@ -392,6 +467,11 @@ def add_arguments(parser, count=int):
                         default="both",
                         help="reference in the candidate's runtime (same), in "
                         "TensorFlow's default runtime (default), or both")
+    parser.add_argument("--only", metavar="NAMES", type=lambda t: t.split(","),
+                        help="comma-separated contestants to run (fast always "
+                        "runs): " + ", ".join(
+                            ["reference-default", "reference", "reference-compiled",
+                             *FAST, *PEERS]))
     parser.add_argument("--json", metavar="PATH",
                         help="also write the results as JSON to PATH")
 
@@ -411,6 +491,7 @@ def main_from_args(args):
         mixed_precision=args.mixed_precision,
         sgemm_size=args.sgemm_size,
         compare=args.compare,
+        only=args.only,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_table(report))

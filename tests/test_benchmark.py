@@ -67,7 +67,8 @@ def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
     batch = 2
     code, stdout, stderr, round_s = timed_benchmark(
         "--rounds", "1", "--batch-size", batch, "--sgemm-size", "256",
-        "--compare", "both", "--json", out)
+        "--compare", "both", "--json", out,
+        "--only", "reference-default,reference,reference-compiled")
     assert code == 0 and round_s is not None, stderr
     report = json.loads(out.read_text())
     results = report["results"]
@@ -97,7 +98,11 @@ def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
         assert r["roofline"] == pytest.approx(r["img_per_s"] * gflop / r["sgemm_gflops"])
         assert r["throughput_ratio"] == pytest.approx(fast["img_per_s"] / r["img_per_s"])
         assert r["latency_ratio"] == pytest.approx(r["latency_ms"] / fast["latency_ms"])
-        cells = rows[name]  # oneDNN, img/s, ms/img, 1-img ms, ...
+        # runtime (may hold spaces), precision, min cos, oneDNN, img/s, ...
+        cells = rows[name][-12:]
+        assert cells[0] == r["precision"] and cells[1] == f"{r['min_cosine']:.5f}"
+        assert r["min_cosine"] > 0.998
+        cells = cells[2:]  # oneDNN, img/s, ms/img, 1-img ms, ...
         assert cells[1:4] == [f"{r['img_per_s']:.2f}", f"{r['batch_ms_per_image']:.1f}",
                               f"{r['latency_ms']:.1f}"]
         assert cells[0] == ("on" if r["onednn"] else "off")
@@ -124,7 +129,7 @@ def test_runs_under_jax_with_bf16(tmp_path):
     out = tmp_path / "bench.json"
     done = benchmark("--rounds", "1", "--batch-size", "1", "--sgemm-size", "64",
                      "--mixed-precision", "bf16", "--compare", "default",
-                     "--json", out, KERAS_BACKEND="jax")
+                     "--json", out, "--only", "fast", KERAS_BACKEND="jax")
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["machine"]["backend"] == "jax"
@@ -132,5 +137,5 @@ def test_runs_under_jax_with_bf16(tmp_path):
     assert list(report["results"]) == ["fast"]
     # TensorFlow's oneDNN does not apply to JAX: neither on nor off.
     assert report["results"]["fast"]["onednn"] is None
-    assert table_rows(done.stdout)["fast"][0] == "n/a"
+    assert table_rows(done.stdout)["fast"][-10] == "n/a"
     assert report["results"]["fast"]["img_per_s"] > 0
