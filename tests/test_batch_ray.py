@@ -1,0 +1,102 @@
+"""`keras-xception embed --engine ray` against a real two-node Ray cluster.
+
+One cluster per module (`ray.cluster_utils.Cluster`: two raylets on this
+machine, one CPU each), on 127.0.0.1 only: with
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray 2.60 keeps every node of a
+`Cluster` on loopback instead of the machine's network address. The job
+runs in a subprocess, as a user's would, and its results must equal the
+local engine's on the same model.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.dataset as pds
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is part of the test extra")
+
+LOOPBACK = "127.0.0.1"
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    previous = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    node = {"num_cpus": 1, "object_store_memory": 200 * MIB,
+            "node_ip_address": LOOPBACK}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={**node, "include_dashboard": True,
+                                      "dashboard_host": LOOPBACK})
+    try:
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = previous
+
+
+@pytest.fixture(scope="module")
+def small_classifier(tmp_path_factory):
+    import keras
+
+    from keras_xception.training.classifier import build_classifier
+    from keras_xception.training.saving import save_classifier
+
+    keras.utils.set_random_seed(2)
+    model = build_classifier(2, image_size=71, weights=None, augment=False)
+    path = tmp_path_factory.mktemp("model") / "small.keras"
+    save_classifier(model, path)
+    return path
+
+
+def test_embed_on_a_two_node_cluster_equals_the_local_engine(
+        cluster, small_classifier, kitchen_photos, tmp_path):
+    from ray.util import state
+
+    from keras_xception import batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in kitchen_photos[:6]:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    output = tmp_path / "ray"
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_xception.cli", "embed", str(folder),
+         "--output", str(output), "--model", str(small_classifier), "--engine", "ray",
+         "--address", cluster.address, "--batch-size", "2", "--shard-size", "3"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr  # broken.jpg
+    assert "broken.jpg" in done.stderr
+
+    local = batch.run("embed", [folder], tmp_path / "local", engine="local",
+                      model_path=small_classifier, batch_size=2, shard_size=3)
+    got = pds.dataset(output, format="parquet").to_table().sort_by("path")
+    want = pds.dataset(tmp_path / "local", format="parquet").to_table().sort_by("path")
+    assert got["path"].to_pylist() == want["path"].to_pylist()
+    assert len(got) == 6 and local["counts"]["errors"] == 1
+    np.testing.assert_allclose(
+        np.stack(got["embedding"].to_numpy(zero_copy_only=False)),
+        np.stack(want["embedding"].to_numpy(zero_copy_only=False)), rtol=0, atol=1e-5)
+
+    # Both nodes worked: Ray's state API says where the tasks and actors ran.
+    address = cluster.webui_url if cluster.webui_url.startswith("http") \
+        else f"http://{cluster.webui_url}"
+    nodes = {n.node_id for n in state.list_nodes(address=address)}
+    assert len(nodes) == 2
+    used = {t.node_id for t in state.list_tasks(address=address, limit=10_000)
+            if t.node_id} | {a.node_id for a in state.list_actors(address=address)
+                             if a.node_id}
+    assert used == nodes
