@@ -21,6 +21,8 @@ _EXPORTS = {
     "optimize_for_inference": "keras_xception.inference",
     "count_flops": "keras_xception.flops",
     "feature_extractor": "keras_xception.features",
+    "grad_cam": "keras_xception.explain",
+    "overlay": "keras_xception.explain",
     "build_classifier": "keras_xception.transfer",
     "unfreeze": "keras_xception.transfer",
     "XceptionError": "keras_xception.errors",
