@@ -53,8 +53,11 @@ def classify(*args, env=None):
 
 
 def test_json_for_a_folder(folder, top_weights):
+    # float32, to compare with the Python API's float32 model below; the
+    # default precision (auto: bf16 where the CPU runs it natively) is
+    # tested in test_precision.py.
     done = classify(folder, "--weights", top_weights, "--json", "--top", "3",
-                    "--batch-size", "2")
+                    "--batch-size", "2", "--precision", "float32")
     assert done.returncode == 0, done.stderr
     # The CLI turns oneDNN on; its graph optimizer must not fail on this model.
     assert "remapper failed" not in done.stderr

@@ -49,6 +49,11 @@ _PASSED_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND",
                "KERAS_HOME", "KERAS_XCEPTION_MAX_PIXELS")
 
 
+
+# How often a dead model actor is restarted, and its batch retried, before
+# the job fails.
+ACTOR_RESTARTS = 2
+
 def decode_batch(batch, *, size, max_pixels):
     """Decodes a batch of rows `{file: bytes, shard: int}` (a Ray task).
 
@@ -205,6 +210,11 @@ def run(shards, spec, *, batch_size, max_pixels, write, progress, address=None,
             ModelActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan["size"]),
             num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"] or None,
+            # Ray Data restarts a dead actor, and retries its batches, without
+            # limit unless told otherwise: an actor killed on every start (out
+            # of memory, say) would then hang the job. Bounded, the job fails
+            # with Ray's error instead; the shards written so far are kept.
+            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
         )
         by_index = {s.index: s for s in shards}
         pending = {}

@@ -79,6 +79,11 @@ def add_parser(subparsers):
                         "where the CPU computes it natively (avx512_bf16 or "
                         "amx_bf16) and a probe check against float32 holds, "
                         "else float32; outputs are always float32)")
+    # `--output DIR` turns classify into a batch job (Parquet results,
+    # resumable, local or on Ray); its other options are added alongside.
+    from keras_xception.cli._batch import add_batch_arguments
+
+    add_batch_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -163,8 +168,30 @@ def classify(files, weights, *, top, batch_size, max_pixels, on_error,
 
 
 def run(args) -> int:
+    if args.output is not None:
+        from keras_xception.cli._batch import run_batch
+
+        return run_batch(args, "classify")
+
+    from keras_xception.batch.sources import DEFAULT_PATH_COLUMN, DEFAULT_SHARD_SIZE
     from keras_xception.errors import ConfigError
     from keras_xception.images import max_pixels_limit
+
+    batch_only = {
+        "--engine": args.engine != "auto",
+        "--address": args.address is not None,
+        "--model": args.model is not None,
+        "--path-column": args.path_column != DEFAULT_PATH_COLUMN,
+        "--shard-size": args.shard_size != DEFAULT_SHARD_SIZE,
+        "--overwrite": args.overwrite,
+    }
+    given = [option for option, set_ in batch_only.items() if set_]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a "
+            "batch job: add --output DIR "
+            "to write Parquet results there, or leave them out."
+        )
 
     if args.top > TOP_MAX:
         raise ConfigError(f"--top must be from 1 to {TOP_MAX}. Received: --top {args.top}")
