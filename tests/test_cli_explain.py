@@ -1,0 +1,147 @@
+"""`keras-xception explain`, driven as a user would: in a subprocess."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_xception import overlay, preprocess_input
+from keras_xception.explain import explain_batch
+from keras_xception.images import decode
+from tests import commandline, realweights
+from tests.test_cli_classify import write_top_weights
+
+
+@pytest.fixture(scope="module")
+def photos(kitchen_photos, tmp_path_factory):
+    """Two folders with a photo of the same name, a subfolder and a bad file."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "a" / "sub").mkdir(parents=True)
+    (root / "b").mkdir()
+    shutil.copy(kitchen_photos[0], root / "a" / "x.jpg")
+    shutil.copy(kitchen_photos[1], root / "a" / "sub" / "y.jpg")
+    shutil.copy(kitchen_photos[2], root / "b" / "x.jpg")
+    (root / "b" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def explain(*args):
+    return commandline.run("explain", *args)
+
+
+def png(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        return np.asarray(image)
+
+
+def test_fine_tuned_model(photos, tmp_path):
+    """The kitchenware `.keras` model (a nested base, pixels scaled outside
+    the model): one PNG per photo at its size, named after it, the same
+    picture as the Python API draws; a bad file named, the others done."""
+    model_file = realweights.package_root() / realweights.MODEL_FILE
+    out = tmp_path / "out"
+    done = explain(photos / "a", photos / "b", "--model", model_file,
+                   "--output", out, "--json")
+    assert done.returncode == 1
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 1 and "broken.jpg" in errors[0], done.stderr
+    results = json.loads(done.stdout)
+    sources = [photos / "a" / "sub" / "y.jpg", photos / "a" / "x.jpg", photos / "b" / "x.jpg"]
+    assert [r["path"] for r in results] == list(map(str, sources))
+    assert [r["overlay"] for r in results] == [
+        str(out / "sub" / "y.png"), str(out / "x.png"), str(out / "x-2.png")]
+
+    model = realweights.load_kitchenware_model()
+    x = preprocess_input(np.stack([decode(p, (150, 150)) for p in sources]))
+    expected = explain_batch(model, x)
+    probabilities = np.exp(expected.logits) / np.exp(expected.logits).sum(-1, keepdims=True)
+    for i, (result, source) in enumerate(zip(results, sources)):
+        assert result["class_index"] == expected.class_indices[i]
+        assert result["class"] is None  # The file saves no class names.
+        assert result["score"] == pytest.approx(
+            probabilities[i, expected.class_indices[i]], abs=1e-4)
+        photo = decode(source, target_size=None)
+        picture = png(result["overlay"])
+        assert picture.shape == photo.shape
+        want = overlay(photo, expected.heatmaps[i])
+        assert np.abs(picture.astype(int) - want).max() <= 1
+    assert not list(out.rglob(".*"))  # No temporary files left.
+
+
+def test_imagenet_model_top_classes(kitchen_photos, imagenet_notop_arrays, tmp_path):
+    """`--weights` (as classify) and `--top 2`: two PNGs per photo, the
+    ImageNet labels, scores in order; `--jsonl` lines parse."""
+    weights = tmp_path / "xception_top.weights.h5"
+    write_top_weights(weights, imagenet_notop_arrays)
+    out = tmp_path / "out"
+    done = explain(kitchen_photos[3], "--weights", weights, "--output", out,
+                   "--top", "2", "--jsonl")
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    stem = kitchen_photos[3].stem
+    assert [r["overlay"] for r in results] == [
+        str(out / f"{stem}.top1.png"), str(out / f"{stem}.top2.png")]
+    assert results[0]["score"] >= results[1]["score"] > 0
+    assert results[0]["class_index"] != results[1]["class_index"]
+    from keras_xception.preprocessing import imagenet_classes
+
+    for result in results:
+        assert result["class"] == imagenet_classes()[result["class_index"]][1]
+        assert png(result["overlay"]).shape == decode(kitchen_photos[3], None).shape
+    assert not np.array_equal(png(results[0]["overlay"]), png(results[1]["overlay"]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--output", "{file}"], "--output must be a folder"),
+    (["--output", "{dir}", "--alpha", "2"], "argument --alpha: must be a number from 0 to 1"),
+    (["--output", "{dir}", "--top", "2", "--class", "3"], "not allowed with argument"),
+    (["--output", "{dir}", "--model", "{file}"], "is not a .keras model file"),
+])
+def test_bad_arguments_are_one_line_before_any_work(kitchen_photos, tmp_path, args, message):
+    afile = tmp_path / "file.keras"
+    afile.write_text("text")
+    args = [a.format(file=afile, dir=tmp_path / "out") for a in args]
+    done = explain(kitchen_photos[0], *args)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_names_indexes_and_synsets_resolve():
+    from keras_xception.cli.explain import resolve_class
+    from keras_xception.errors import ConfigError
+    from keras_xception.preprocessing import imagenet_classes
+
+    synsets = [s for s, _ in imagenet_classes()]
+    labels = [label for _, label in imagenet_classes()]
+    assert resolve_class("281", 1000, labels, synsets) == 281
+    assert resolve_class("tabby", 1000, labels, synsets) == 281
+    assert resolve_class("n02123045", 1000, labels, synsets) == 281
+    assert resolve_class("Egyptian_Cat", 1000, labels, synsets) == labels.index("Egyptian_cat")
+    with pytest.raises(ConfigError, match=r"'crane' names 2 classes \(134, 517\)"):
+        resolve_class("crane", 1000, labels, synsets)
+    with pytest.raises(ConfigError, match=r"from 0 to 999.*'1000'"):
+        resolve_class("1000", 1000, labels, synsets)
+    with pytest.raises(ConfigError, match=r"no class names saved.*from 0 to 5.*'cup'"):
+        resolve_class("cup", 6, None, None)
+    assert resolve_class("spoon", 3, ("cup", "fork", "spoon"), None) == 2
+
+
+def test_png_names_never_collide(tmp_path):
+    """Names follow the photo's path below a folder argument; a name taken
+    already (ignoring case, for case-insensitive file systems) gets -2, -3."""
+    from keras_xception.cli.explain import find_jobs, png_name
+
+    for name in ("a/X.jpg", "a/x.png", "a/sub/x.jpg", "b/x.jpg", "b/x-2.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    jobs = find_jobs([tmp_path / "a", tmp_path / "b", tmp_path / "b" / "x.jpg"],
+                     on_error=pytest.fail)
+    names = [str(png_name(job, 1, 1)) for job in jobs]
+    # a/X.jpg, a/sub/x.jpg, a/x.png, b/x-2.jpg, b/x.jpg, b/x.jpg again:
+    assert names == ["X.png", "sub/x.png", "x-2.png", "x-2-2.png", "x-3.png", "x-4.png"]
+    assert [str(png_name(jobs[0], r, 2)) for r in (1, 2)] == ["X.top1.png", "X.top2.png"]
