@@ -28,7 +28,7 @@ import sys
 from keras_xception.cli import _runtime
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("classify", "embed", "weights", "benchmark", "export", "fine_tune")
+COMMANDS = ("classify", "explain", "embed", "weights", "benchmark", "export", "fine_tune")
 
 PROG = "keras-xception"
 
