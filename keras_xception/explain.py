@@ -206,11 +206,13 @@ def _final_op(model):
 
 
 def _score_fn(op):
-    """A replacement for the final operation that returns the logits, or None.
+    """How to get the logits from the model's final operation `op`.
 
-    Returns the function and the activation it leaves out (to turn logits
-    into the model's own scores), or `(None, None)` if the output is used as
-    it is.
+    Returns:
+        `(function, activation)`: a replacement for `op` that returns the
+        logits, and the activation it leaves out (which turns logits into
+        the model's own scores); `(None, None)` if `op`'s output is used as
+        it is.
     """
     import keras
     from keras import ops
@@ -349,7 +351,6 @@ def _check_classes(class_index, n, classes):
 def _gradients(path, layer, final, x, class_index):
     """`(activation, gradient, logits, classes)` as NumPy arrays (TensorFlow or JAX)."""
     import keras
-    from keras import ops
 
     backend = keras.backend.backend()
     if backend == "tensorflow":

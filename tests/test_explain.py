@@ -372,10 +372,24 @@ JAX_SCRIPT = textwrap.dedent("""
     from keras_xception import grad_cam
     from tests import realweights
 
+    import keras
+    from keras_xception import Xception
+
     x = np.load(sys.argv[1])
     model = realweights.load_kitchenware_model()
+    # The same network with an input of any size: the base's activation
+    # shape is only known once the images are seen.
+    base = Xception(include_top=False, weights=None, input_shape=(None, None, 3))
+    base.set_weights(model.get_layer("xception").get_weights())
+    inputs = keras.Input((None, None, 3))
+    head = [model.get_layer(n) for n in ("global_average_pooling2d", "dense", "dense_1")]
+    outputs = base(inputs)
+    for layer in head:
+        outputs = layer(outputs)
+    any_size = keras.Model(inputs, outputs)
     np.savez(sys.argv[2], top=grad_cam(model, x),
-             other=grad_cam(model, x, 2, "block13_sepconv2_act"))
+             other=grad_cam(model, x, 2, "block13_sepconv2_act"),
+             any_size=grad_cam(any_size, x))
 """)
 
 
@@ -397,3 +411,4 @@ def test_jax_matches_tensorflow(kitchen_model, kitchen_batch, tmp_path):
     np.testing.assert_allclose(
         maps["other"], grad_cam(kitchen_model, x, 2, "block13_sepconv2_act"),
         rtol=0, atol=1e-4)
+    np.testing.assert_allclose(maps["any_size"], maps["top"], rtol=0, atol=1e-5)
