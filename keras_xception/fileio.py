@@ -16,6 +16,12 @@ saved models, checkpoints, exports, batch results) goes through here:
 A process killed with SIGKILL cannot clean up: its temporary name (which
 starts with `.` and ends with `.tmp`) may stay behind, but never the final
 path. `stale_temporaries` finds such leftovers.
+
+Cancelling: once `cancel_event` is set (the command line sets it when Ctrl-C
+is pressed), `publish` raises `KeyboardInterrupt` instead of renaming, so
+nothing more is published even where the interrupt itself was swallowed (a
+`KeyboardInterrupt` raised inside a garbage-collector callback, for one, is
+discarded by Python).
 """
 
 from __future__ import annotations
@@ -33,6 +39,15 @@ from keras_xception.errors import ConfigError
 TEMP_SUFFIX = ".tmp"
 
 _umask_lock = threading.Lock()
+
+# Set to stop every later `publish`; see the module doc.
+cancel_event = threading.Event()
+
+
+def check_cancelled() -> None:
+    """Raises `KeyboardInterrupt` if `cancel_event` is set."""
+    if cancel_event.is_set():
+        raise KeyboardInterrupt
 
 
 def umask() -> int:
@@ -134,7 +149,9 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite=True) 
 
     Raises:
         FileExistsError: If `path` exists and may not be replaced.
+        KeyboardInterrupt: If `cancel_event` is set; `path` is left as it was.
     """
+    check_cancelled()
     tmp, path = pathlib.Path(tmp), pathlib.Path(path)
     if tmp.is_dir():
         for root, dirs, files in os.walk(tmp):
@@ -152,6 +169,7 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, overwrite=True) 
         _fsync_file(tmp)
         if not overwrite and (path.exists() or path.is_symlink()):
             raise FileExistsError(errno.EEXIST, "Output exists", str(path))
+    check_cancelled()
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

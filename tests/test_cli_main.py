@@ -2,6 +2,8 @@
 
 import argparse
 import os
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -190,3 +192,140 @@ def test_paths_say_what_is_wrong(tmp_path):
     assert _args.existing_file(str(tmp_path / "file")) == tmp_path / "file"
     assert _args.existing_dir(str(tmp_path)) == tmp_path
     assert _args.output_path(str(tmp_path / "new" / "out")) == tmp_path / "new" / "out"
+
+
+def test_a_swallowed_ctrl_c_is_status_130_and_publishes_nothing(
+        in_process, monkeypatch, capsys, tmp_path):
+    # A KeyboardInterrupt raised inside a garbage-collector callback is
+    # discarded by Python: the command goes on as if nothing happened.
+    import signal
+
+    from keras_xception import fileio
+    from keras_xception.cli import weights
+
+    out = tmp_path / "out.txt"
+
+    def swallows(args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        fileio.write_text(out, "a result")
+        print("a result")
+        return 0
+
+    monkeypatch.setattr(weights, "run", swallows)
+    assert in_process(["weights", "path"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert list(tmp_path.iterdir()) == []
+    # The next command starts afresh.
+    assert not fileio.cancel_event.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_error_wrapping_ctrl_c_is_status_130(in_process, monkeypatch, capsys):
+    # OpenVINO's converter turns a KeyboardInterrupt into a RuntimeError.
+    import signal
+
+    from keras_xception.cli import weights
+
+    def wraps(args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("Check 'false' failed: KeyboardInterrupt") from None
+
+    monkeypatch.setattr(weights, "run", wraps)
+    assert in_process(["weights", "path"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_sigint_while_publishing_in_a_subprocess_leaves_nothing(tmp_path):
+    # The signal arrives from outside while the command ignores it.
+    script = (
+        "import os, signal, sys, time\n"
+        "from keras_xception import cli, fileio\n"
+        "from keras_xception.cli import weights\n"
+        "def run(args):\n"
+        "    for _ in range(100):\n"
+        "        try:\n"
+        "            os.kill(os.getpid(), signal.SIGINT); time.sleep(0.05)\n"
+        "        except KeyboardInterrupt:\n"
+        "            break\n"
+        "    fileio.write_text(sys.argv[1], 'a result')\n"
+        "weights.run = run\n"
+        "sys.exit(cli.main(['weights', 'path']))\n"
+    )
+    out = tmp_path / "out.txt"
+    done = subprocess.run([sys.executable, "-c", script, str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["closed", "/dev/full"])
+def test_stdout_that_cannot_be_written_is_one_line(tmp_path, target):
+    if target == "/dev/full" and not os.path.exists(target):
+        pytest.skip("no /dev/full on this system")
+    # `keras-xception weights path >&-` and `>/dev/full`.
+    stdout = (subprocess.DEVNULL if target == "closed" else open(target, "w"))
+    args = [sys.executable, "-m", "keras_xception.cli", "weights", "path",
+            "--cache-dir", str(tmp_path)]
+    try:
+        done = subprocess.run(
+            args, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120,
+            # Closes descriptor 1 in the child, as the shell's `>&-` does.
+            preexec_fn=(lambda: os.close(1)) if target == "closed" else None)
+    finally:
+        if target != "closed":
+            stdout.close()
+    reason = "Bad file descriptor" if target == "closed" else "No space left on device"
+    assert (done.returncode, done.stderr) == (
+        1, f"error: cannot write to stdout: {reason}\n")
+
+
+def test_a_stdout_write_error_in_process_is_one_line(in_process, monkeypatch, capsys):
+    import errno
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", Full())
+    assert in_process(["weights", "path"]) == 1
+    assert capsys.readouterr().err == "error: cannot write to stdout: No space left on device\n"
+
+
+def test_python_warnings_are_one_line_each_shown_once(in_process, monkeypatch, capsys):
+    import warnings
+
+    from keras_xception.cli import weights
+
+    def warns(args):
+        for _ in range(2):
+            for where in range(2):  # Two places: Python would show both.
+                warnings.warn_explicit("the cached file\nis damaged; it is not used.",
+                                       UserWarning, f"file{where}.py", 127)
+        return 0
+
+    monkeypatch.setattr(weights, "run", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert in_process(["weights", "path"]) == 0
+    assert capsys.readouterr().err == (
+        "warning: the cached file is damaged; it is not used.\n")
+
+
+def test_benchmark_refuses_a_json_path_that_is_a_folder_before_measuring(
+        in_process, monkeypatch, capsys, tmp_path):
+    from keras_xception import benchmark
+
+    monkeypatch.setattr(benchmark, "main_from_args",
+                        lambda args: pytest.fail("measured before checking --json"))
+    assert in_process(["benchmark", "--json", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: --json names a folder; give a file to write the "
+                   f"results to. Received: --json {tmp_path}\n")

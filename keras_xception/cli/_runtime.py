@@ -1,6 +1,20 @@
-"""TensorFlow's environment and start-up messages for the command line.
+"""The command line's process: Ctrl-C, stdout, warnings and TensorFlow's noise.
 
-Importing TensorFlow 2.21 writes, straight to file descriptor 2:
+Ctrl-C: `interrupts` makes SIGINT set `keras_xception.fileio.cancel_event`
+as well as raise `KeyboardInterrupt`. Python discards an exception raised
+inside a garbage-collector callback (JAX, which TensorFlow imports when it is
+installed, registers one), so the interrupt alone can be lost; the event is
+not: `fileio.publish` refuses to publish once it is set, and `main` reports
+the command as interrupted.
+
+stdout: `checked_stdout` turns a failed write to stdout (closed, a full
+disk) into `StdoutError`, one line; a reader that has gone
+(`BrokenPipeError`) is left to `main`, which stays quiet.
+
+Warnings: `one_line_warnings` shows each Python warning once, as
+`warning: <message>` on stderr.
+
+TensorFlow: importing TensorFlow 2.21 writes, straight to file descriptor 2:
 
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 00:00:1795976018.423033    6107 port.cc:153] oneDNN custom operations are on. ...
@@ -24,12 +38,18 @@ included, passes through unchanged; stdout is never touched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.abc
 import importlib.util
 import os
 import re
+import signal
 import sys
 import threading
+import warnings
+
+from keras_xception import fileio
+from keras_xception.errors import XceptionError
 
 # The command line's default; a value the user has set is kept.
 DEFAULT_LOG_LEVEL = "2"
@@ -178,3 +198,156 @@ def uninstall() -> None:
     """Undoes `install` if TensorFlow has not been imported since."""
     with contextlib.suppress(ValueError):
         sys.meta_path.remove(_finder)
+
+
+@contextlib.contextmanager
+def interrupts():
+    """Ctrl-C sets `fileio.cancel_event` and raises `KeyboardInterrupt`.
+
+    Only where Python's own handler is in place (in the main thread, and not
+    where SIGINT is ignored, as in a shell's background job). The event is
+    cleared on entry and on exit, and the previous handler restored on exit.
+
+    Yields:
+        `fileio.cancel_event`: set once SIGINT has arrived.
+    """
+    event = fileio.cancel_event
+    event.clear()
+    installed = False
+    previous = None
+
+    def on_sigint(signum, frame):
+        event.set()
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # Not the main thread.
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, on_sigint)
+            installed = True
+    try:
+        yield event
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
+        event.clear()
+
+
+class StdoutError(XceptionError):
+    """stdout cannot be written to (closed, or a full disk)."""
+
+
+def _stdout_error(err=None):
+    reason = (err.strerror if err is not None and err.strerror
+              else os.strerror(err.errno if err is not None and err.errno
+                               else errno.EBADF))
+    return StdoutError(f"cannot write to stdout: {reason}")
+
+
+class _CheckedStdout:
+    """`stream` whose failed writes raise `StdoutError` (see the module doc)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise _stdout_error(err) from None
+
+    def write(self, text):
+        return self._call(self._stream.write, text)
+
+    def writelines(self, lines):
+        return self._call(self._stream.writelines, lines)
+
+    def flush(self):
+        return self._call(self._stream.flush)
+
+
+class _ClosedStdout:
+    """Stands for stdout when the process was started with it closed."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def write(self, text):
+        raise _stdout_error()
+
+    writelines = write
+
+    def flush(self):
+        pass  # Nothing was written.
+
+    def reconfigure(self, **kwargs):
+        pass
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        raise _stdout_error()
+
+
+def _fd_is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def checked_stdout():
+    """`sys.stdout` raises `StdoutError` on a failed write, for the block.
+
+    A closed stdout (`sys.stdout` is None) is replaced by a stream whose
+    every write raises it; its file descriptor is pointed at the null
+    device, so that no file the command opens takes its place.
+    """
+    saved = sys.stdout
+    if saved is None:
+        if not _fd_is_open(1):
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                if devnull != 1:
+                    os.dup2(devnull, 1)
+                    os.close(devnull)
+        sys.stdout = _ClosedStdout()
+    else:
+        sys.stdout = _CheckedStdout(saved)
+    try:
+        yield
+    finally:
+        sys.stdout = saved
+
+
+@contextlib.contextmanager
+def one_line_warnings(stream=None):
+    """Shows each Python warning once, as `warning: <message>`, for the block.
+
+    Args:
+        stream: Where warnings go; `None` for the `sys.stderr` of the moment.
+    """
+    shown = set()
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text in shown:
+            return
+        shown.add(text)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            print(f"warning: {text}", file=stream or sys.stderr, flush=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from keras_xception.cli._args import positive_int
 
+
 def add_parser(subparsers):
     from keras_xception import benchmark
 
@@ -27,9 +28,32 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from keras_xception import benchmark
-    from keras_xception.fileio import check_parent
-
     if args.json:
         # Checked before minutes of measuring, not when the results are in.
-        check_parent(args.json, what="--json")
+        check_json_path(args.json)
     return benchmark.main_from_args(args)
+
+
+def check_json_path(path):
+    """Checks that the results could be written to `path`.
+
+    Raises:
+        keras_xception.errors.ConfigError: If `path` is a folder or something
+            else that is not a regular file, or its folder cannot be written.
+    """
+    import os
+
+    from keras_xception.errors import ConfigError
+    from keras_xception.fileio import check_parent
+
+    full = check_parent(path, what="--json")
+    if full.is_dir():
+        raise ConfigError(
+            "--json names a folder; give a file to write the results to. "
+            f"Received: --json {path}"
+        )
+    if os.path.lexists(full) and not full.is_file():
+        raise ConfigError(
+            "--json names something that is not a regular file; give a file "
+            f"to write the results to. Received: --json {path}"
+        )

@@ -1,0 +1,32 @@
+"""`keras_xception.fileio`: atomic publishing, and cancelling it."""
+
+import pytest
+
+from keras_xception import fileio
+
+
+@pytest.fixture
+def cancelled():
+    fileio.cancel_event.set()
+    yield
+    fileio.cancel_event.clear()
+
+
+def test_write_text_publishes_the_whole_file(tmp_path):
+    fileio.write_text(tmp_path / "out.txt", "a result")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    assert (tmp_path / "out.txt").read_text() == "a result"
+
+
+def test_once_cancelled_nothing_is_published(tmp_path, cancelled):
+    (tmp_path / "kept.txt").write_text("before")
+    with pytest.raises(KeyboardInterrupt):
+        fileio.write_text(tmp_path / "new.txt", "a result")
+    with pytest.raises(KeyboardInterrupt):
+        fileio.write_text(tmp_path / "kept.txt", "after")
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.atomic_path(tmp_path / "folder", directory=True) as tmp:
+            (tmp / "part").write_text("x")
+    # No final path, no temporary left behind, the old file untouched.
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]
+    assert (tmp_path / "kept.txt").read_text() == "before"
