@@ -329,3 +329,26 @@ def test_benchmark_refuses_a_json_path_that_is_a_folder_before_measuring(
     err = capsys.readouterr().err
     assert err == (f"error: --json names a folder; give a file to write the "
                    f"results to. Received: --json {tmp_path}\n")
+
+
+def test_ctrl_c_while_openvino_converts_is_a_keyboard_interrupt(monkeypatch):
+    # OpenVINO's converter wraps the KeyboardInterrupt it meets.
+    pytest.importorskip("openvino")
+    import keras
+    import openvino
+
+    from keras_xception.inference import openvino as runtime
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("OpenVINO converts through TensorFlow")
+
+    def interrupted(model, *args, **kwargs):
+        raise RuntimeError(
+            "Check 'false' failed at src/frontends/common/src/frontend.cpp:54:\n"
+            "Converting input model\nKeyboardInterrupt")
+
+    monkeypatch.setattr(openvino, "convert_model", interrupted)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(KeyboardInterrupt):
+        runtime.convert(model)

@@ -56,7 +56,12 @@ def native_bf16(flags):
 
 
 def convert(model):
-    """The folded `model` as an in-memory `openvino.Model`."""
+    """The folded `model` as an in-memory `openvino.Model`.
+
+    Raises:
+        KeyboardInterrupt: If Ctrl-C was pressed while converting (OpenVINO
+            reports it as a `RuntimeError` naming `KeyboardInterrupt`).
+    """
     import tensorflow as tf
 
     ov = _require()
@@ -64,7 +69,13 @@ def convert(model):
                          model.inputs[0].dtype)
     function = tf.function(lambda x: model(x, training=False),
                            input_signature=[spec], autograph=False)
-    return ov.convert_model(function.get_concrete_function())
+    concrete = function.get_concrete_function()
+    try:
+        return ov.convert_model(concrete)
+    except RuntimeError as err:
+        if "KeyboardInterrupt" in str(err):
+            raise KeyboardInterrupt from None
+        raise
 
 
 def compile(model, precision):  # noqa: A001 - one name across runtimes
