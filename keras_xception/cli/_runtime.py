@@ -5,7 +5,8 @@ as well as raise `KeyboardInterrupt`. Python discards an exception raised
 inside a garbage-collector callback (JAX, which TensorFlow imports when it is
 installed, registers one), so the interrupt alone can be lost; the event is
 not: `fileio.publish` refuses to publish once it is set, and `main` reports
-the command as interrupted.
+the command as interrupted. Python's "Exception ignored in ..." traceback
+for such a discarded `KeyboardInterrupt` is not shown.
 
 stdout: `checked_stdout` turns a failed write to stdout (closed, a full
 disk) into `StdoutError`, one line; a reader that has gone
@@ -207,6 +208,9 @@ def interrupts():
     Only where Python's own handler is in place (in the main thread, and not
     where SIGINT is ignored, as in a shell's background job). The event is
     cleared on entry and on exit, and the previous handler restored on exit.
+    A `KeyboardInterrupt` that Python discards (raised in a garbage-collector
+    callback, say) is not reported as "Exception ignored": the event stands
+    for it.
 
     Yields:
         `fileio.cancel_event`: set once SIGINT has arrived.
@@ -220,16 +224,24 @@ def interrupts():
         event.set()
         raise KeyboardInterrupt
 
+    unraisable = sys.unraisablehook
+
+    def on_unraisable(info):
+        if not (event.is_set() and isinstance(info.exc_value, KeyboardInterrupt)):
+            unraisable(info)
+
     with contextlib.suppress(ValueError):  # Not the main thread.
         previous = signal.getsignal(signal.SIGINT)
         if previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, on_sigint)
             installed = True
+    sys.unraisablehook = on_unraisable
     try:
         yield event
     finally:
         if installed:
             signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = unraisable
         event.clear()
 
 
