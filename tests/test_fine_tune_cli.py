@@ -82,7 +82,16 @@ def test_missing_data_dir_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--image-size", "64"], "--image-size must be an integer of at least 71"),
+        (["--image-size", "64"], "--image-size must be an integer from 71 to 2048"),
+        (["--image-size", "2049"], "--image-size must be an integer from 71 to 2048"),
+        (["--learning-rate", "inf"], "--learning-rate must be a finite number above 0"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number above 0"),
+        (["--fine-tune-learning-rate", "inf"],
+         "--fine-tune-learning-rate must be a finite number above 0"),
+        (["--fine-tune-learning-rate", "nan"],
+         "--fine-tune-learning-rate must be a finite number above 0"),
+        (["--dropout", "nan"], "--dropout must be in [0, 1)"),
+        (["--dropout", "inf"], "--dropout must be in [0, 1)"),
         (["--unfreeze-from", "block99"], "Valid blocks: block1, block2"),
         (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
         (["--workers", "2"], "--workers only applies with --strategy multiworker"),

@@ -10,6 +10,7 @@ output, something to resume) before any image is decoded.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from keras_xception import architecture, fileio
@@ -17,6 +18,12 @@ from keras_xception.errors import ConfigError
 from keras_xception.training import checkpoints, classifier
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+
+# The largest --image-size. At 2048 x 2048 one image's activations in the
+# entry flow already take gigabytes in training; larger sizes cannot train a
+# batch on any one accelerator, and the ImageNet features gain nothing from
+# them.
+MAX_IMAGE_SIZE = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,15 +35,17 @@ class Settings:
         output: The `.keras` file to write.
         weights: Starting weights of the base: `"imagenet"`, a weights
             file, an http(s) URL, or `None` for a random base.
-        image_size: Training images are `image_size` x `image_size`.
+        image_size: Training images are `image_size` x `image_size`, from
+            71 to `MAX_IMAGE_SIZE` (2048).
         batch_size: Global batch size, split evenly across workers.
         epochs: Epochs of phase 1 (the head, base frozen).
         fine_tune_epochs: Epochs of phase 2 (top blocks unfrozen).
         unfreeze_from: First block trained in phase 2.
         val_split: Fraction of each class held out for validation.
-        learning_rate: Adam learning rate of phase 1.
-        fine_tune_learning_rate: Adam learning rate of phase 2.
-        dropout: Dropout before the classifier.
+        learning_rate: Adam learning rate of phase 1: finite, above 0.
+        fine_tune_learning_rate: Adam learning rate of phase 2: finite,
+            above 0.
+        dropout: Dropout before the classifier, in [0, 1).
         mixed_precision: Compute in float16 (GPU) or bfloat16 (CPU).
         strategy: `"default"`, `"mirrored"` or `"multiworker"`.
         workers: Local workers to start (multiworker without TF_CONFIG).
@@ -80,7 +89,7 @@ class Settings:
         if self.work_dir is None:
             set_("work_dir", os.path.splitext(self.output)[0] + ".training")
         set_("work_dir", os.fspath(self.work_dir))
-        _integer("--image-size", self.image_size, architecture.MIN_SIZE)
+        _integer("--image-size", self.image_size, architecture.MIN_SIZE, MAX_IMAGE_SIZE)
         _integer("--batch-size", self.batch_size, 1)
         _integer("--epochs", self.epochs, 0)
         _integer("--fine-tune-epochs", self.fine_tune_epochs, 0)
@@ -94,8 +103,10 @@ class Settings:
             ("--learning-rate", self.learning_rate),
             ("--fine-tune-learning-rate", self.fine_tune_learning_rate),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"{flag} must be positive. Received: {flag} {value}")
+            if not _number(value) or not 0 < value < math.inf:
+                raise ConfigError(
+                    f"{flag} must be a finite number above 0. Received: {flag} {value}"
+                )
         classifier.block_index(self.unfreeze_from)
         if self.strategy not in STRATEGIES:
             raise ConfigError(
@@ -172,13 +183,21 @@ class Settings:
             )
 
 
-def _integer(flag, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def _number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _integer(flag, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+        high is not None and value > high
+    ):
+        limits = f"of at least {low}" if high is None else f"from {low} to {high}"
         raise ConfigError(
-            f"{flag} must be an integer of at least {low}. Received: {flag} {value}"
+            f"{flag} must be an integer {limits}. Received: {flag} {value}"
         )
 
 
 def _fraction(flag, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    # NaN fails every comparison, so `not 0 <= value < 1` refuses it too.
+    if not _number(value) or not 0 <= value < 1:
         raise ConfigError(f"{flag} must be in [0, 1). Received: {flag} {value}")
