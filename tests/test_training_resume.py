@@ -130,3 +130,59 @@ def test_resume_from_a_damaged_checkpoint_says_which_file_and_what_to_do(tmp_pat
     assert_clean_error(result, "checkpoint-1-0001.npz", "damaged", "--overwrite")
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert not out.exists()
+
+
+def info_array(text):
+    return np.frombuffer(text.encode(), np.uint8)
+
+
+GOOD_INFO = '{"format": 1, "phase": "head", "epoch": 2, "history": {"phase": []}}'
+
+
+@pytest.mark.parametrize("arrays", [
+    {"info": info_array("[1]")},
+    {"info": info_array('"a string"')},
+    {"info": info_array(GOOD_INFO.replace('"epoch": 2', '"epoch": null'))},
+    {"info": info_array(GOOD_INFO.replace('"epoch": 2', '"epoch": [2]'))},
+    {"info": info_array(GOOD_INFO.replace('{"phase": []}', '[1]'))},
+    {"info": info_array(GOOD_INFO.replace('{"phase": []}', '{"loss": 3}'))},
+    {"info": info_array(GOOD_INFO[:-1] + ', "best": "high"}')},
+    {"info": info_array("\xff\xfe not utf-8")},
+    {"info": info_array(GOOD_INFO), "model/00000": np.array([{}], dtype=object)},
+    {"model/00000": np.zeros(3)},
+], ids=["list", "string", "epoch-null", "epoch-list", "history-list",
+        "history-number", "best-string", "not-utf8", "object-array", "no-info"])
+def test_a_malformed_checkpoint_is_damaged_and_the_one_before_is_used(tmp_path, arrays):
+    store = Checkpoints(tmp_path)
+    save(store, "head", 1)
+    crafted = tmp_path / "checkpoint-1-0002.npz"
+    np.savez(crafted, **arrays)
+    warnings = []
+    found = store.latest(warn=warnings.append)
+    assert (found.phase, found.epoch) == ("head", 1)
+    assert len(warnings) == 1, warnings
+    assert "checkpoint-1-0002.npz" in warnings[0] and "damaged" in warnings[0]
+    assert "allow_pickle" not in warnings[0]
+
+
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path):
+    store = Checkpoints(tmp_path)
+    (tmp_path / "checkpoint-1-0001.npz").write_text("epoch 1 went well\n")
+    with pytest.raises(ConfigError) as raised:
+        store.latest()
+    message = str(raised.value)
+    assert "checkpoint-1-0001.npz" in message
+    assert "not a checkpoint written by keras-xception" in message
+    assert "pickle" not in message and "\n" not in message
+
+
+def test_resume_from_a_crafted_checkpoint_is_a_one_line_error(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=1)
+    out = tmp_path / "out.keras"
+    work = tmp_path / "w"
+    work.mkdir()
+    np.savez(work / "checkpoint-1-0001.npz", info=info_array("[1]"))
+    result = cli(*options(data, out), "--work-dir", work, "--resume", timeout=120)
+    assert_clean_error(result, "checkpoint-1-0001.npz", "damaged", "--overwrite")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not out.exists()

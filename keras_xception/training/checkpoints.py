@@ -179,6 +179,14 @@ def _listdir(folder):
         return []
 
 
+class _Malformed(Exception):
+    """A file that is not a checkpoint of this format (internal)."""
+
+
+# The first bytes of a .npz file (a zip archive).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def read(path) -> Checkpoint:
     """Reads and checks one checkpoint file completely.
 
@@ -191,16 +199,30 @@ def read(path) -> Checkpoint:
     try:
         with open(path, "rb") as f:
             data = f.read()
+        if not data.startswith(_ZIP_MAGIC):
+            raise _Malformed("not a checkpoint written by keras-xception")
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             names = sorted(archive.files)
+            if "info" not in names:
+                raise _Malformed("not a checkpoint written by keras-xception")
             info = json.loads(bytes(archive["info"]).decode())
             model = [archive[n] for n in names if n.startswith("model/")]
             optimizer = [archive[n] for n in names if n.startswith("optimizer/")]
-        if info.get("format") != FORMAT or info.get("phase") not in PHASES:
-            raise ValueError("not a checkpoint of this version")
-        int(info["epoch"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        if (
+            not isinstance(info, dict)
+            or info.get("format") != FORMAT
+            or info.get("phase") not in PHASES
+            or not isinstance(info.get("history"), dict)
+            or not all(isinstance(v, list) for v in info["history"].values())
+            or not isinstance(info.get("best"), (int, float, type(None)))
+        ):
+            raise _Malformed("not a checkpoint of this version")
+        int(info.get("epoch"))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+            _Malformed) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "allow_pickle" in str(err):  # An object array: never written here.
+            reason = "not a checkpoint written by keras-xception"
         raise ConfigError(
             f"The checkpoint {path!r} is damaged ({reason})."
         ) from None
