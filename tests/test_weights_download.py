@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from keras_xception.weights import (
     download,
     fetch,
     registry,
+    resolve,
 )
 from tests.weights_files import h5_bytes, md5
 from tests.weights_server import Cut, Server, Stall, Status
@@ -544,4 +546,120 @@ def test_fetch_with_no_network_names_the_file_and_the_three_ways_out(
     assert "none of its 2 URLs can be reached" in message
     assert entry.fname in message and str(cache / entry.fname) in message
     for way_out in ("--weights PATH", "KERAS_XCEPTION_WEIGHTS_URL", "KERAS_XCEPTION_OFFLINE=1"):
+        assert way_out in message
+
+
+# A server that trickles or keeps failing: every download ends, with one line.
+
+
+def test_a_server_that_keeps_stalling_after_some_data_uses_up_the_retries(
+    server, cache, payload
+):
+    url = server.add(FNAME, payload, faults=[Stall(after=20_000)] * 10)
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as err:
+        get(url, payload, timeout=0.3, retries=1)
+    assert time.monotonic() - start < 5
+    message = str(err.value)
+    assert "\n" not in message
+    assert "the server keeps stalling" in message and "2 times" in message
+    assert f"40,000 of {len(payload):,} bytes received and kept" in message
+    assert len(server.hits(FNAME)) == 2
+    # What arrived is kept, and the next call resumes there.
+    server.routes["/" + FNAME].faults.clear()
+    assert get(url, payload).read_bytes() == payload
+    assert server.hits(FNAME)[-1]["Range"] == "bytes=40000-"
+
+
+def test_a_server_that_keeps_cutting_the_connection_is_resumed_a_bounded_number_of_times(
+    server, cache, payload
+):
+    url = server.add(FNAME, payload, faults=[Cut(1_000)] * 100)
+    with pytest.raises(WeightsError) as err:
+        get(url, payload, retries=1)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "keeps cutting the connection" in message and "20 resumes" in message
+    assert len(server.hits(FNAME)) == 21  # The first request and 20 resumes.
+    assert f"21,000 of {len(payload):,} bytes received and kept" in message
+
+
+def test_a_trickle_slower_than_the_minimum_rate_is_stopped(server, cache):
+    body = h5_bytes(size=16_000)
+    url = server.add(FNAME, body, chunk_size=50, chunk_delay=0.1)  # 500 bytes/s.
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as err:
+        get(url, body, timeout=0.3, retries=3)  # A window of 3 s.
+    assert 3 <= time.monotonic() - start < 6
+    message = str(err.value)
+    assert "\n" not in message
+    assert "the server is too slow" in message and "less than 1,000 bytes/s" in message
+    assert len(server.hits(FNAME)) == 1  # Not retried.
+
+
+def test_a_slow_server_above_the_minimum_rate_is_waited_for(server, cache):
+    body = h5_bytes(size=12_000)
+    url = server.add(FNAME, body, chunk_size=1_000, chunk_delay=0.05)  # 20 kB/s.
+    assert get(url, body, timeout=0.1).read_bytes() == body
+
+
+# URLs are checked before any connection.
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://[::1/x.h5", "is not a valid URL: Invalid IPv6 URL"),
+        ("http://", "names no host"),
+        ("https:///x.h5", "names no host"),
+        ("http://host:port/x.h5", "is not a valid URL"),
+    ],
+)
+def test_a_malformed_url_is_refused_before_any_connection(
+    cache, connections, url, words
+):
+    for call in (
+        lambda: download(url, progress=False),
+        lambda: resolve(url, include_top=False, progress=False),
+    ):
+        with pytest.raises(WeightsError, match=re.escape(words)) as err:
+            call()
+        assert repr(url) in str(err.value) and "\n" not in str(err.value)
+    assert connections == []
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y.h5", "file:///tmp/y.h5", "s3://bucket/y.h5"])
+def test_only_http_urls_are_supported(cache, connections, url):
+    with pytest.raises(WeightsError) as err:
+        resolve(url, include_top=False, progress=False)
+    message = str(err.value)
+    assert "Only http:// and https:// URLs" in message and repr(url) in message
+    assert connections == []
+
+
+def test_an_upper_case_scheme_is_an_http_url(server, cache, payload):
+    url = server.add(FNAME, payload).replace("http://", "HTTP://")
+    assert get(url, payload).read_bytes() == payload
+
+
+@pytest.mark.parametrize("base", ["http://", "http://[::1/", "ftp://mirror/"])
+def test_a_mirror_without_a_usable_url_is_refused(cache, monkeypatch, base):
+    monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", base)
+    with pytest.raises(WeightsError, match="KERAS_XCEPTION_WEIGHTS_URL must be"):
+        fetch(include_top=False, progress=False)
+
+
+def test_offline_names_the_file_and_the_three_ways_out(offline):
+    entry = registry.get(include_top=False)
+    with pytest.raises(WeightsError) as err:
+        fetch(include_top=False, progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert entry.fname in message and str(offline / entry.fname) in message
+    for way_out in (
+        "--weights PATH",
+        "weights=PATH",
+        "KERAS_XCEPTION_WEIGHTS_URL",
+        "KERAS_XCEPTION_OFFLINE=1",
+    ):
         assert way_out in message

@@ -6,6 +6,10 @@ consumed one per request before the body is served normally:
 
     server.add("/w.h5", body, faults=[Status(503), Status(503)])
 
+Faults: `Status(code)`, `Cut(at)` (drop the connection after `at` bytes of the
+body), `Stall()` (send nothing) and `Stall(after=n)` (send `n` bytes of the
+body, then nothing).
+
 Every request's path and headers are recorded in `server.requests`.
 
 Each body is served with an `ETag` (its md5) and a `Last-Modified` date, and
@@ -42,7 +46,12 @@ class Cut:
 
 @dataclasses.dataclass(frozen=True)
 class Stall:
-    """Accept the request and send nothing until the server stops."""
+    """Accept the request and send nothing until the server stops.
+
+    With `after`, send the headers and `after` bytes of the body first.
+    """
+
+    after: int | None = None
 
 
 @dataclasses.dataclass
@@ -55,6 +64,7 @@ class Route:
     validators: bool = True
     honor_if_range: bool = True
     modified: float = dataclasses.field(default_factory=time.time)
+    chunk_size: int = 1 << 16
 
     @property
     def etag(self) -> str:
@@ -100,8 +110,13 @@ class Server:
         validators=True,
         honor_if_range=True,
         modified=None,
+        chunk_size=1 << 16,
     ) -> str:
-        """Serves `body` at `path` after the `faults`; returns the URL."""
+        """Serves `body` at `path` after the `faults`; returns the URL.
+
+        The body is written `chunk_size` bytes at a time, with `chunk_delay`
+        seconds after each piece.
+        """
         self.routes["/" + path.lstrip("/")] = Route(
             body,
             list(faults),
@@ -111,6 +126,7 @@ class Server:
             validators,
             honor_if_range,
             time.time() if modified is None else modified,
+            chunk_size,
         )
         return self.url(path)
 
@@ -143,7 +159,7 @@ def _handler(server: Server):
             fault = route.faults.pop(0) if route.faults else None
             if isinstance(fault, Status):
                 return self._status(fault.code, fault.headers)
-            if isinstance(fault, Stall):
+            if isinstance(fault, Stall) and fault.after is None:
                 server._release.wait()
                 return None
             start = 0
@@ -180,8 +196,16 @@ def _handler(server: Server):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return None
-            for i in range(0, len(body), 1 << 16):
-                self.wfile.write(body[i : i + (1 << 16)])
+            if isinstance(fault, Stall):
+                self.wfile.write(body[: fault.after])
+                self.wfile.flush()
+                server._release.wait()
+                self.close_connection = True
+                return None
+            size = route.chunk_size
+            for i in range(0, len(body), size):
+                self.wfile.write(body[i : i + size])
+                self.wfile.flush()
                 if route.chunk_delay:
                     time.sleep(route.chunk_delay)
             return None

@@ -25,7 +25,15 @@ import os
 import pathlib
 
 from keras_xception.errors import WeightsError
-from keras_xception.weights.downloader import CachedFileWarning, download, fetch, is_url
+from keras_xception.weights import integrity
+from keras_xception.weights.downloader import (
+    CachedFileWarning,
+    check_url,
+    download,
+    fetch,
+    is_url,
+    looks_like_url,
+)
 from keras_xception.weights.validate import read_weights, verify
 
 __all__ = [
@@ -55,11 +63,14 @@ def resolve(weights, *, include_top, progress=True) -> pathlib.Path:
         The path of an existing file; read it with `read_weights`.
 
     Raises:
-        WeightsError: If the file cannot be fetched, or a local path does
-            not exist.
+        WeightsError: If the file cannot be fetched, a URL is not a valid
+            http(s) URL, or a local path does not exist or is not a regular
+            file (a folder, a FIFO, a device).
     """
     if isinstance(weights, str) and weights == "imagenet":
         return fetch(include_top, progress=progress)
+    if looks_like_url(weights):
+        check_url(weights)
     if is_url(weights):
         return download(weights, progress=progress)
     if not isinstance(weights, (str, os.PathLike)):
@@ -73,4 +84,5 @@ def resolve(weights, *, include_top, progress=True) -> pathlib.Path:
             f"Weights file not found: {path}. Check the path, pass a URL, or "
             "pass weights='imagenet' for the official file."
         )
+    integrity.check_regular(path)  # A FIFO or a device is never opened.
     return path

@@ -10,7 +10,9 @@ official files downloads nothing:
   writable.
 
 When that folder is not writable either, files are looked up there first and
-then in `/tmp/.keras/models`, where new downloads go, as Keras falls back.
+then in `/tmp/.keras/models`, where new downloads go, as Keras falls back. A
+file where the folder (or one of its parents) should be is an error, not a
+reason to fall back.
 
 Official files keep their official names, so the cache is shared with
 `keras.applications`. Any other URL is cached under its file name with the
@@ -70,28 +72,40 @@ def cache_dirs(cache_dir: str | os.PathLike | None = None) -> tuple[pathlib.Path
     Returns:
         One folder, or two when the first is not writable: then new files
         go to `/tmp/.keras/models`.
+
+    Raises:
+        WeightsError: If a file stands where the cache folder or one of its
+            parents should be.
     """
     base = pathlib.Path(cache_dir).expanduser() if cache_dir else keras_home()
     primary = base / SUBDIR
-    if cache_dir:
-        _check_not_blocked(primary)
+    _check_not_blocked(primary, cache_dir)
     if _writable(primary):
         return (primary,)
     fallback = _tmp_root() / ".keras" / SUBDIR
     return (primary,) if fallback == primary else (primary, fallback)
 
 
-def _check_not_blocked(folder: pathlib.Path) -> None:
+def _check_not_blocked(folder: pathlib.Path, cache_dir) -> None:
     """Refuses a cache folder that cannot exist because a file is in its way."""
     for candidate in (folder, *folder.parents):
         if candidate.exists():
-            if not candidate.is_dir():
-                raise WeightsError(
-                    f"Cannot use the cache folder {folder}: {candidate} is a file, "
-                    f"not a folder. Choose another cache_dir. Received: "
-                    f"cache_dir={str(folder.parent)!r}"
-                )
-            return
+            if candidate.is_dir():
+                return
+            if cache_dir:
+                advice = "Choose another cache_dir (--cache-dir on the command line)"
+                received = f"cache_dir={str(folder.parent)!r}"
+            elif "KERAS_HOME" in os.environ:
+                advice = "Set KERAS_HOME to a folder"
+                received = f"KERAS_HOME={os.environ['KERAS_HOME']!r}"
+            else:
+                advice = "Move the file away, or set KERAS_HOME to a folder"
+                received = None
+            raise WeightsError(
+                f"Cannot use the cache folder {folder}: {candidate} is a file, "
+                f"not a folder. {advice}."
+                + (f" Received: {received}" if received else "")
+            )
 
 
 def url_fname(url: str) -> str:
@@ -158,10 +172,20 @@ def mirror_base() -> str | None:
     base = os.environ.get(MIRROR_ENV, "").strip()
     if not base:
         return None
-    if not base.startswith(("http://", "https://")):
+    try:
+        parts = urllib.parse.urlsplit(base)
+        parts.port  # Raises for a port that is not a number.
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+    ):
         raise WeightsError(
-            f"{MIRROR_ENV} must be an http:// or https:// base URL that the "
-            f"weight file names are appended to. Received: {MIRROR_ENV}={base!r}"
+            f"{MIRROR_ENV} must be an http:// or https:// base URL with a host, "
+            "that the weight file names are appended to. "
+            f"Received: {MIRROR_ENV}={base!r}"
         )
     return base.rstrip("/") + "/"
 

@@ -59,6 +59,9 @@ _FIRST_DELAY = 0.5  # Seconds before the first retry; doubles each retry.
 _MAX_DELAY = 30.0
 _USER_AGENT = "keras-xception (Python urllib)"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_RESUMES_PER_TRY = 10  # Resumes allowed per call: this times (retries + 1).
+_MIN_RATE = 1000  # Bytes per second a body must average over each window.
+_WINDOW_TIMEOUTS = 10  # The window is this many timeouts long.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NO_ROUTE = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN)
 
@@ -89,9 +92,48 @@ class _Unreachable(_NetworkError):
         super().__init__(f"Could not download {url}: {host} {reason}. {ways_out}")
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def is_url(value) -> bool:
     """Whether `value` is an http(s) URL string (rather than a local path)."""
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
+    return isinstance(value, str) and value[:8].lower().startswith(
+        ("http://", "https://")
+    )
+
+
+def check_url(url: str) -> None:
+    """Refuses a `scheme://` string that is not a usable http(s) URL.
+
+    Args:
+        url: A string that starts with `scheme://`.
+
+    Raises:
+        WeightsError: If the scheme is not http or https, the URL cannot be
+            parsed (a bad IPv6 address, a port that is not a number), or it
+            names no host.
+    """
+    if not is_url(url):
+        scheme = url.split("://", 1)[0]
+        raise WeightsError(
+            f"Only http:// and https:// URLs can be downloaded, not {scheme}://. "
+            f"Download the file by other means and pass its path. Received: {url!r}"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # Raises for a port that is not a number in 0-65535.
+    except ValueError as err:
+        raise WeightsError(f"{url!r} is not a valid URL: {err}.") from err
+    if not parts.hostname:
+        raise WeightsError(
+            f"{url!r} is not a valid URL: it names no host. Use "
+            f"http://HOST/PATH or https://HOST/PATH."
+        )
+
+
+def looks_like_url(value) -> bool:
+    """Whether `value` is a string that starts with `scheme://`."""
+    return isinstance(value, str) and _SCHEME.match(value) is not None
 
 
 def _one_line(text: str) -> str:
@@ -121,6 +163,15 @@ def _unreachable(err: BaseException) -> str | None:
     if isinstance(err, OSError) and err.errno in _NO_ROUTE:
         return f"cannot be reached: {os.strerror(err.errno)}"
     return None
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether a transfer failed because no data came for `timeout` seconds."""
+    if isinstance(err, urllib.error.URLError) and not isinstance(
+        err, urllib.error.HTTPError
+    ):
+        err = err.reason
+    return isinstance(err, TimeoutError)
 
 
 def _reason(err: BaseException, timeout: float) -> str:
@@ -303,13 +354,29 @@ class _Transfer:
             os.fsync(out.fileno())
         return {a: h.hexdigest() for a, h in self.hashers.items()}
 
+    def _received(self) -> str:
+        """How much of the file is on disk, in words."""
+        of = f" of {self.total:,}" if self.total else ""
+        return f"{self.written:,}{of} bytes received and kept"
+
+    def _give_up(self, text: str) -> _NetworkError:
+        return _NetworkError(
+            f"Could not download {self.url}: {text}. Check the network connection "
+            "and the proxy settings (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and try "
+            "again later (the download resumes where it stopped), or download the "
+            f"file on another machine and copy it to {self.part.target}."
+        )
+
     def _loop(self, out) -> None:
         opener = urllib.request.build_opener()  # Proxies from the environment.
         failures = 0
+        stalls = 0
+        resumes = 0
         delay = _FIRST_DELAY
         while True:
             start = self.written
             wait = 0.0
+            stalled = False
             try:
                 request = _request(self.url, self.written, self.meta.get("validator", ""))
                 with opener.open(request, timeout=self.timeout) as response:
@@ -332,24 +399,36 @@ class _Transfer:
                 if unreachable is not None:
                     raise _Unreachable(self.url, unreachable, self.ways_out) from err
                 reason = _reason(err, self.timeout)
+                stalled = _timed_out(err)
                 if isinstance(err, _Changed):  # Start over at once; it cannot recur.
                     self.progress.message(f"{reason[:1].upper()}{reason[1:]}; "
                                           f"downloading {self.url} from the start.")
                     continue
-            if self.written > start:
+            if self.written > start and not stalled:
+                # A cut after progress resumes at once without using a retry,
+                # a bounded number of times.
+                resumes += 1
+                if resumes > _RESUMES_PER_TRY * (self.retries + 1):
+                    raise self._give_up(
+                        f"the server keeps cutting the connection: {reason}, "
+                        f"{resumes - 1} resumes; {self._received()}"
+                    )
                 self.progress.message(
                     f"Resuming {self.url} at byte {self.written:,} ({reason})."
                 )
-                continue  # Progress was made: resume at once, without using a retry.
+                continue
+            # Nothing arrived, or the server went silent: a failed attempt.
             failures += 1
+            stalls += stalled
             if failures > self.retries:
-                raise _NetworkError(
-                    f"Could not download {self.url}: {reason}, after {failures} attempt"
-                    f"{'s' if failures > 1 else ''}. Check the network connection and "
-                    "the proxy settings (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and try "
-                    "again later (the download resumes where it stopped), or download "
-                    f"the file on another machine and copy it to {self.part.target}."
-                )
+                attempts = f"{failures} attempt{'s' if failures > 1 else ''}"
+                if stalled and stalls > 1:
+                    raise self._give_up(
+                        f"the server keeps stalling: {reason}, {stalls} times in "
+                        f"{attempts}; {self._received()}"
+                    )
+                kept = f"; {self._received()}" if self.written else ""
+                raise self._give_up(f"{reason}, after {attempts}{kept}")
             pause = min(max(delay, wait), _MAX_DELAY)
             self.progress.message(
                 f"{reason[:1].upper()}{reason[1:]}; retrying {self.url} in {pause:g} s."
@@ -380,24 +459,54 @@ class _Transfer:
             self.progress.start(self.total)
         if self.total is not None:
             self._check_space(self.total - self.written)
-        for chunk in iter(lambda: response.read(_CHUNK), b""):
-            if self.written == 0 and (
-                integrity.looks_like_html(chunk)
-                or (
-                    response.headers.get_content_type() == "text/html"
-                    and not chunk.startswith(integrity.HDF5_SIGNATURE)
-                )
-            ):
-                raise _html_error(self.url, self.part.target)
-            out.write(chunk)
-            for hasher in self.hashers.values():
-                hasher.update(chunk)
-            self.written += len(chunk)
-            self.progress.update(self.written)
+        # A fresh body's first bytes are held back until they show it is not
+        # an HTML page; `read1` returns what has arrived, so a trickle is seen.
+        head = b"" if self.written == 0 else None
+        window = _WINDOW_TIMEOUTS * self.timeout
+        mark, marked = time.monotonic(), self.written
+        for chunk in iter(lambda: response.read1(_CHUNK), b""):
+            if head is not None:
+                head += chunk
+                if len(head) < integrity.HEAD_BYTES:
+                    chunk = b""
+                else:
+                    self._check_head(head, response)
+                    chunk, head = head, None
+            self._write(out, chunk)
+            now = time.monotonic()
+            if now - mark >= window:
+                arrived = self.written + len(head or b"") - marked
+                if arrived < _MIN_RATE * window:
+                    raise self._give_up(
+                        f"the server is too slow: {arrived:,} bytes in the last "
+                        f"{now - mark:.0f} s, less than {_MIN_RATE:,} bytes/s; "
+                        f"{self._received()}"
+                    )
+                mark, marked = now, self.written + len(head or b"")
+        if head:  # A body shorter than the held-back head.
+            self._check_head(head, response)
+            self._write(out, head)
         if self.total is not None and self.written < self.total:
             raise _Incomplete(
                 f"the connection closed after {self.written:,} of {self.total:,} bytes"
             )
+
+    def _check_head(self, head: bytes, response) -> None:
+        """Refuses an HTML page served in place of the file."""
+        if integrity.looks_like_html(head) or (
+            response.headers.get_content_type() == "text/html"
+            and not head.startswith(integrity.HDF5_SIGNATURE)
+        ):
+            raise _html_error(self.url, self.part.target)
+
+    def _write(self, out, chunk: bytes) -> None:
+        if not chunk:
+            return
+        out.write(chunk)
+        for hasher in self.hashers.values():
+            hasher.update(chunk)
+        self.written += len(chunk)
+        self.progress.update(self.written)
 
     def _check_space(self, needed: int) -> None:
         """Fails now, rather than midway, when the disk cannot hold the rest."""
@@ -531,6 +640,22 @@ def _make_folder(folder: pathlib.Path) -> None:
         ) from err
 
 
+def _check_obstacles(target: pathlib.Path) -> None:
+    """Refuses a folder or other non-file where the cache writes `target`.
+
+    The cached file, its lock and its partial download must each be a
+    regular file or absent; this is checked before any network traffic.
+    """
+    part = _Part(target)
+    for path in (target, pathlib.Path(f"{target}.lock"), part.path, part.meta_path):
+        kind = integrity.not_regular(path)
+        if kind is not None:
+            raise WeightsError(
+                f"{path} is {kind}, where the cache keeps a file for {target.name}; "
+                "remove it and try again."
+            )
+
+
 def _combined(fname, errors, ways_out) -> WeightsError:
     if len(errors) == 1:
         return errors[0]
@@ -563,6 +688,7 @@ def _obtain(
         if problem is None:
             return path
         bad.append((path, problem))
+    _check_obstacles(target)
     if cache.offline():
         state = (
             "the cached copy is unusable: "
@@ -570,10 +696,17 @@ def _obtain(
             if bad
             else f"{fname} is not in the cache"
         )
+        mirror = (
+            f"set {cache.MIRROR_ENV} to a mirror you can reach and unset "
+            f"{cache.OFFLINE_ENV}, "
+            if official
+            else ""
+        )
         raise WeightsError(
-            f"{cache.OFFLINE_ENV}=1 forbids downloading, and {state}. Download "
-            f"{fname} from {urls[0]} on a machine with network access and copy it "
-            f"to {target}, or unset {cache.OFFLINE_ENV}."
+            f"{cache.OFFLINE_ENV}=1 forbids downloading, and {state}. Use a local "
+            "file (--weights PATH on the command line, weights=PATH in Python), "
+            f"{mirror}or download {fname} from {urls[0]} on a machine with network "
+            f"access and copy it to {target}."
         )
     for path, problem in bad:
         if path != target:
@@ -678,6 +811,7 @@ def download(
         raise WeightsError(
             f"`url` must be an http:// or https:// URL. Received: url={url!r}"
         )
+    check_url(url)
     entry = registry.by_url(url)
     if fname is None:
         fname = entry.fname if entry is not None else cache.url_fname(url)

@@ -12,14 +12,65 @@ import hashlib
 import math
 import os
 import re
+import stat
 
 from keras_xception.errors import WeightsError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_HEAD_BYTES = 1024
+HEAD_BYTES = 1024
 _CHUNK = 1 << 20
 _HEX = re.compile(r"[0-9a-f]+")
 _ALGORITHMS = {32: "md5", 64: "sha256"}
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """What `path` is when it exists but is not a regular file, else `None`.
+
+    Only `stat` is asked (following links), so a FIFO or a device is never
+    opened.
+
+    Args:
+        path: Any path.
+
+    Returns:
+        `None` for a regular file or a missing path, else words such as
+        `"a folder"` or `"a FIFO"`.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((words for test, words in _KINDS if test(mode)), "not a regular file")
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """Refuses a path that exists but is not a regular file, without opening it.
+
+    Raises:
+        WeightsError: Naming the path and what it is (a folder, a FIFO, ...).
+    """
+    kind = not_regular(path)
+    if kind == "a folder":
+        raise WeightsError(
+            f"{path} is a folder; pass the path of an HDF5 weights file "
+            "(`.h5` or `.weights.h5`)."
+        )
+    if kind is not None:
+        raise WeightsError(
+            f"{path} is not a regular file ({kind}); pass the path of an HDF5 "
+            "weights file (`.h5` or `.weights.h5`)."
+        )
 
 
 def hash_algorithm(file_hash: str) -> str:
@@ -136,12 +187,16 @@ def content_problem(path: str | os.PathLike) -> ContentProblem | None:
 
     Returns:
         `None` for a complete HDF5 file, else a `ContentProblem`.
+
+    Raises:
+        WeightsError: If `path` is not a regular file (a folder, a FIFO, ...).
     """
+    check_regular(path)
     size = os.path.getsize(path)
     if size == 0:
         return ContentProblem("empty", "empty (0 bytes)")
     with open(path, "rb") as f:
-        head = f.read(_HEAD_BYTES)
+        head = f.read(HEAD_BYTES)
         end = _hdf5_end(f, size)
     if end is None:
         if looks_like_html(head):

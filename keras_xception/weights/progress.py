@@ -3,8 +3,10 @@
 `progress=True` draws Keras's own `Progbar` on stdout, as
 `keras.utils.get_file` does, so a notebook shows the same bar as for any Keras
 download. A text stream (`sys.stderr`, a log file) gets a plain report
-instead: one line redrawn with `\\r` on a terminal, or a line every tenth of
-the file otherwise, so logs stay readable. `False` shows nothing.
+instead: one line redrawn with `\\r` on a terminal, or a line each time the
+download passes another tenth of the file otherwise, so logs stay readable;
+the percentage is always that of the bytes on the same line, also after a
+resume. `False` shows nothing.
 
 Keras is imported only to draw its bar.
 """
@@ -112,7 +114,7 @@ class Progress:
         if step > self._shown:
             self._shown = step
             self._write(
-                f"  {step * 100 // _STEPS}% ({_size(done)} of {_size(self._total)})\n"
+                f"  {done * 100 // self._total}% ({_size(done)} of {_size(self._total)})\n"
             )
 
     def end_line(self) -> None:

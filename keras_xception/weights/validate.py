@@ -110,11 +110,7 @@ def _open(path: pathlib.Path) -> h5py.File:
             f"Weights file not found: {path}. Check the path, or pass "
             "weights='imagenet' to download the official file."
         )
-    if path.is_dir():
-        raise WeightsError(
-            f"{path} is a folder; pass the path of an HDF5 weights file "
-            "(`.h5` or `.weights.h5`)."
-        )
+    integrity.check_regular(path)  # A FIFO or a device is never opened.
     problem = integrity.content_problem(path)
     if problem is not None:
         if problem.kind == "zip":
