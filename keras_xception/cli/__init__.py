@@ -11,7 +11,14 @@ Exit status:
   traceback: a bad option or argument (`keras_xception.cli._args` types and
   argparse's own checks), any `keras_xception.errors.XceptionError`, or some
   of the inputs could not be processed (each named on stderr).
-- 130: interrupted (Ctrl-C).
+  stdout that cannot be written to (closed, a full disk) is one of these:
+  `error: cannot write to stdout: <reason>`.
+- 130: interrupted (Ctrl-C), also when a library swallowed or wrapped the
+  interrupt: any failure once Ctrl-C has been pressed is reported as
+  `interrupted`, and nothing more is published (`keras_xception.fileio`).
+
+Python warnings are shown once each, as one line `warning: <message>` on
+stderr.
 
 Any other exception is a bug: it keeps its traceback (and exit status 1).
 `--help` and `--version` print to stdout and exit with status 0.
@@ -110,24 +117,39 @@ def main(argv=None) -> int:
     _runtime.configure()
     from keras_xception.errors import XceptionError
 
-    try:
-        args = parse_args(argv)
-        _runtime.install()
+    with _runtime.interrupts() as interrupted, _runtime.one_line_warnings():
         try:
-            status = int(args.run(args) or 0)
-        finally:
-            _runtime.uninstall()
-        sys.stdout.flush()
-        return status
-    except XceptionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        _silence_stdout()
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+            with _runtime.checked_stdout():
+                args = parse_args(argv)
+                # The arguments as given, for commands that pass them on unchanged
+                # (fine-tune's local workers).
+                args.argv = list(sys.argv[1:] if argv is None else argv)
+                _runtime.install()
+                try:
+                    status = int(args.run(args) or 0)
+                finally:
+                    _runtime.uninstall()
+                if interrupted.is_set():  # The interrupt itself was swallowed.
+                    raise KeyboardInterrupt
+                sys.stdout.flush()
+            return status
+        except BaseException as err:
+            if isinstance(err, KeyboardInterrupt) or (
+                interrupted.is_set() and not isinstance(err, SystemExit)
+            ):
+                # An exception raised while Ctrl-C was pressed comes of it
+                # (a library that wrapped the KeyboardInterrupt, say).
+                print("interrupted", file=sys.stderr)
+                return 130
+            if isinstance(err, XceptionError):
+                if isinstance(err, _runtime.StdoutError):
+                    _silence_stdout()
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            if isinstance(err, BrokenPipeError):
+                _silence_stdout()
+                return 0
+            raise
 
 
 if __name__ == "__main__":

@@ -297,9 +297,13 @@ def fit_classifier(
                         pending.path,
                     )
                 if verbose and chief:
+                    position = (
+                        f"epoch {first + 1}/{total}" if first < total
+                        else f"all {total} epochs done"
+                    )
                     print(
                         f"resuming from {pending.path}: phase {number}/{len(phases)} "
-                        f"({phase}), epoch {first + 1}/{total}",
+                        f"({phase}), {position}",
                         file=say,
                         flush=True,
                     )
