@@ -30,7 +30,11 @@ from keras_xception.weights import (
     fetch,
     integrity,
     registry,
+    resolve,
+    verify,
 )
+from keras_xception.weights import cache as cache_lib
+from keras_xception.weights.progress import Progress
 from tests.test_weights_download import (  # noqa: F401 (fixtures)
     FNAME,
     cache,
@@ -374,3 +378,114 @@ def test_a_file_larger_than_the_free_space_fails_before_writing(
         get(url, payload)
     assert f"needs {len(payload):,} bytes and 1,000 bytes are free" in str(err.value)
     assert leftovers(cache) == []
+
+
+# A damaged cache is reported before any network traffic.
+
+
+@pytest.mark.parametrize(
+    "name", [FNAME, f"{FNAME}.lock", f".{FNAME}.part", f".{FNAME}.part.json"]
+)
+def test_a_folder_where_the_cache_keeps_a_file_fails_before_any_request(
+    server, cache, payload, name
+):
+    url = server.add(FNAME, payload)
+    (cache / name).mkdir(parents=True)
+    with pytest.raises(WeightsError) as err:
+        download(url, file_hash=md5(payload), fname=FNAME, progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{cache / name} is a folder" in message and "remove it" in message
+    assert server.requests == []
+
+
+def test_a_fifo_at_the_cached_name_fails_before_any_request(server, cache, payload):
+    url = server.add(FNAME, payload)
+    cache.mkdir(parents=True)
+    os.mkfifo(cache / FNAME)
+    with pytest.raises(WeightsError, match=r"is a FIFO, where the cache keeps"):
+        download(url, file_hash=md5(payload), fname=FNAME, progress=False)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("blocked", ["home", "models"])
+def test_a_file_in_place_of_the_cache_folder_is_an_error_not_a_fallback(
+    server, cache, payload, monkeypatch, blocked
+):
+    url = server.add(FNAME, payload)
+    home = cache.parent
+    if blocked == "home":
+        home.write_text("a file")
+        in_the_way = home
+    else:
+        home.mkdir()
+        cache.write_text("a file")
+        in_the_way = cache
+    with pytest.raises(WeightsError) as err:
+        download(url, file_hash=md5(payload), fname=FNAME, progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{in_the_way} is a file, not a folder" in message
+    assert f"KERAS_HOME={str(home)!r}" in message
+    assert server.requests == []
+
+
+def test_a_read_only_cache_folder_still_falls_back_to_tmp(cache, monkeypatch):
+    cache.mkdir(parents=True)
+    real = os.access
+    monkeypatch.setattr(  # Read-only for everyone, root included.
+        os, "access", lambda path, mode: False if path == cache else real(path, mode)
+    )
+    assert cache_lib.cache_dirs() == (cache, pathlib.Path("/tmp/.keras/models"))
+
+
+# A path that is not a regular file is never opened.
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "weights.h5"
+    os.mkfifo(path)
+    return path
+
+
+def test_resolve_and_verify_refuse_a_fifo_without_opening_it(fifo):
+    for call in (
+        lambda: resolve(str(fifo), include_top=False),
+        lambda: verify(fifo),
+        lambda: integrity.content_problem(fifo),
+    ):
+        with pytest.raises(WeightsError) as err:
+            call()
+        assert str(err.value).startswith(f"{fifo} is not a regular file (a FIFO)")
+
+
+def test_xception_with_a_fifo_as_weights_fails_promptly(fifo):
+    script = textwrap.dedent(
+        f"""
+        from keras_xception import Xception
+        from keras_xception.errors import WeightsError
+        try:
+            Xception(weights={str(fifo)!r}, include_top=False, input_shape=(71, 71, 3))
+        except WeightsError as err:
+            print(err)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "is not a regular file (a FIFO)" in done.stdout
+
+
+def test_progress_after_a_resume_gives_the_percentage_of_the_bytes_shown():
+    stream = io.StringIO()
+    report = Progress(stream)
+    report.start(1_000_000)  # As on resuming at byte 550,000.
+    for done in (550_000, 700_000, 1_000_000):
+        report.update(done)
+    assert stream.getvalue().splitlines() == [
+        "  55% (0.6 MB of 1.0 MB)",
+        "  70% (0.7 MB of 1.0 MB)",
+        "  100% (1.0 MB of 1.0 MB)",
+    ]

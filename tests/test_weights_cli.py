@@ -209,3 +209,30 @@ def test_download_into_a_cache_dir_under_a_file_fails_before_any_request(
     assert status == 1 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
     assert "--cache-dir" in err and f"{str(blocker)!r} is a file" in err
+
+
+def test_verify_a_fifo_fails_with_one_line_without_reading_it(run, tmp_path):
+    fifo = tmp_path / "weights.h5"
+    os.mkfifo(fifo)
+    status, out, err = run("verify", fifo)
+    assert status == 1 and out == ""
+    assert err == f"error: {fifo} is not a regular file (a FIFO); pass the path of an HDF5 weights file (`.h5` or `.weights.h5`).\n"
+
+
+def test_download_offline_names_the_three_ways_out_on_one_line(run, keras_home):
+    status, out, err = run("download", "--no-top")
+    assert status == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert NOTOP.fname in err and str(keras_home / "models" / NOTOP.fname) in err
+    for way_out in ("--weights PATH", "KERAS_XCEPTION_WEIGHTS_URL", "KERAS_XCEPTION_OFFLINE=1"):
+        assert way_out in err
+
+
+def test_path_with_keras_home_a_file_fails_with_one_line(run, monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    home.write_text("a file")
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    status, out, err = run("path")
+    assert status == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"{home} is a file, not a folder" in err
