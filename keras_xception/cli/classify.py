@@ -29,6 +29,7 @@ import os
 import sys
 
 from keras_xception.cli._args import positive_int
+from keras_xception.cli._inputs import Failures, capped_batch_size, printable_stdout
 from keras_xception.images import IMAGE_EXTENSIONS
 
 # The largest --batch-size used: the model's activations grow with the batch
@@ -196,25 +197,13 @@ def run(args) -> int:
     if args.top > TOP_MAX:
         raise ConfigError(f"--top must be from 1 to {TOP_MAX}. Received: --top {args.top}")
     max_pixels = max_pixels_limit(args.max_pixels)
-    batch_size = args.batch_size
-    if batch_size > MAX_BATCH_SIZE:
-        print(f"note: --batch-size {batch_size} is more than {MAX_BATCH_SIZE}, the "
-              f"most classify uses (memory grows with the batch); using "
-              f"{MAX_BATCH_SIZE}", file=sys.stderr)
-        batch_size = MAX_BATCH_SIZE
-    with contextlib.suppress(AttributeError):  # Not a text file: left as is.
-        sys.stdout.reconfigure(errors="backslashreplace")
-
-    failures = 0
-
-    def on_error(path, message):
-        nonlocal failures
-        failures += 1
-        print(f"error: {message}", file=sys.stderr, flush=True)
+    batch_size = capped_batch_size(args.batch_size, MAX_BATCH_SIZE, "classify")
+    printable_stdout()
+    on_error = Failures()
 
     files = find_files(args.paths, on_error)
     if not files:
-        if not failures:
+        if not on_error.count:
             print("error: no image files to classify", file=sys.stderr)
         return 1
 
@@ -254,4 +243,4 @@ def run(args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
     # Each unreadable input has had its one line on stderr; no summary line.
-    return 1 if failures else 0
+    return 1 if on_error.count else 0

@@ -33,6 +33,7 @@ import pathlib
 import sys
 
 from keras_xception.cli._args import positive_int
+from keras_xception.cli._inputs import Failures, capped_batch_size, printable_stdout
 from keras_xception.images import IMAGE_EXTENSIONS
 
 # Images per forward and backward pass; a larger --batch-size is lowered to
@@ -359,24 +360,13 @@ def run(args) -> int:
 
     out = _check_output(args.output)
     max_pixels = max_pixels_limit(args.max_pixels)
-    batch_size = args.batch_size
-    if batch_size > MAX_BATCH_SIZE:
-        print(f"note: --batch-size {batch_size} is more than {MAX_BATCH_SIZE}, the "
-              f"most explain uses; using {MAX_BATCH_SIZE}", file=sys.stderr)
-        batch_size = MAX_BATCH_SIZE
-    with contextlib.suppress(AttributeError):  # Not a text file: left as is.
-        sys.stdout.reconfigure(errors="backslashreplace")
-
-    failures = 0
-
-    def on_error(path, message):
-        nonlocal failures
-        failures += 1
-        print(f"error: {message}", file=sys.stderr, flush=True)
+    batch_size = capped_batch_size(args.batch_size, MAX_BATCH_SIZE, "explain")
+    printable_stdout()
+    on_error = Failures()
 
     jobs = find_jobs(args.paths, on_error)
     if not jobs:
-        if not failures:
+        if not on_error.count:
             print("error: no image files to explain", file=sys.stderr)
         return 1
 
@@ -427,4 +417,4 @@ def run(args) -> int:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
         sys.stdout.flush()
-    return 1 if failures else 0
+    return 1 if on_error.count else 0
