@@ -318,6 +318,27 @@ def _draft_size(image, height, width):
     return (width * DRAFT_GAP, height * DRAFT_GAP)
 
 
+
+def find_given(path, *, on_error):
+    """The images one path given by a user stands for.
+
+    `find_images` for a single path, plus one rule the commands share: a
+    folder in which the search finds no image is reported through
+    `on_error` too, since a user who names a folder expects images in it.
+
+    Args:
+        path: A file or folder, as given on the command line or in a list.
+        on_error: Called as `on_error(path, message)` for each problem.
+
+    Returns:
+        The image files found, as `find_images` returns them.
+    """
+    found = find_images([path], on_error=on_error)
+    if not found and os.path.isdir(path):
+        on_error(path, f"no images found in {os.fsdecode(path)!r} (searched "
+                       f"recursively for {', '.join(IMAGE_EXTENSIONS)})")
+    return found
+
 def decode(path, target_size=(299, 299), *, max_pixels=None) -> np.ndarray:
     """Reads an image file as a float32 RGB array with values in [0, 255].
 

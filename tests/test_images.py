@@ -406,3 +406,17 @@ def test_closing_early_cancels_decoding_without_waiting(monkeypatch):
     for thread in images_pool_threads:
         thread.join(20)
     assert len(started) == before
+
+
+def test_find_given_reports_a_folder_without_images(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("not an image")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"")  # Named explicitly: returned whatever it holds.
+    problems = []
+    record = lambda path, message: problems.append((path, message))  # noqa: E731
+    assert images.find_given(empty, on_error=record) == []
+    assert images.find_given(photo, on_error=record) == [photo]
+    assert len(problems) == 1 and problems[0][0] == empty
+    assert "no images found in" in problems[0][1] and str(empty) in problems[0][1]

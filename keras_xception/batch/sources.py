@@ -201,7 +201,7 @@ def expand(sources, *, path_column=DEFAULT_PATH_COLUMN, on_error) -> list[str]:
     Raises:
         ConfigError: If a list file cannot be read or lacks `path_column`.
     """
-    from keras_xception.images import IMAGE_EXTENSIONS, find_images
+    from keras_xception.images import find_given
 
     paths: list[str] = []
     for source in sources:
@@ -209,9 +209,5 @@ def expand(sources, *, path_column=DEFAULT_PATH_COLUMN, on_error) -> list[str]:
         if is_list_file(source):
             paths.extend(read_list(source, path_column))
             continue
-        found = find_images([source], on_error=on_error)
-        if not found and os.path.isdir(source):
-            on_error(source, f"no images found in {source!r} (searched "
-                             f"recursively for {', '.join(IMAGE_EXTENSIONS)})")
-        paths.extend(os.fsdecode(p) for p in found)
+        paths.extend(os.fsdecode(p) for p in find_given(source, on_error=on_error))
     return paths

@@ -120,16 +120,9 @@ def find_files(paths, on_error):
     Returns:
         The files, in command-line order.
     """
-    from keras_xception.images import find_images
+    from keras_xception.images import find_given
 
-    files = []
-    for path in paths:
-        found = find_images([path], on_error=on_error)
-        if not found and os.path.isdir(path):
-            on_error(path, f"no images found in {os.fsdecode(path)!r} (searched "
-                           f"recursively for {', '.join(IMAGE_EXTENSIONS)})")
-        files.extend(found)
-    return files
+    return [file for path in paths for file in find_given(path, on_error=on_error)]
 
 
 def classify(files, weights, *, top, batch_size, max_pixels, on_error,

@@ -143,15 +143,12 @@ def find_jobs(paths, on_error) -> list[Job]:
     Returns:
         The jobs, in command-line order.
     """
-    from keras_xception.images import find_images
+    from keras_xception.images import find_given
 
     jobs, taken = [], set()
     for given in paths:
-        found = find_images([given], on_error=on_error)
+        found = find_given(given, on_error=on_error)
         folder = os.path.isdir(given)
-        if not found and folder:
-            on_error(given, f"no images found in {os.fsdecode(given)!r} (searched "
-                            f"recursively for {', '.join(IMAGE_EXTENSIONS)})")
         for path in found:
             relative = path.relative_to(given) if folder else pathlib.PurePath(path.name)
             stem = relative.with_suffix("")
