@@ -23,6 +23,9 @@ import time
 
 import numpy as np
 
+# Run from a checkout without installing: the package beside this folder.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
 
 def make_photos(folder: pathlib.Path, count: int, seed: int = 0) -> None:
     """Writes `count` 480x360 JPEGs of smooth random colour fields."""

@@ -1,4 +1,4 @@
-"""Peak memory of `keras-xception classify`, measured in a subprocess.
+"""Peak memory of `keras-xception classify` and `embed`, measured in a subprocess.
 
 Generates photos in a temporary folder, runs the command line on them in a
 child process and reports that child's peak resident set size (Linux
@@ -10,7 +10,10 @@ measurements:
 - `folder`: folders of 500, 1000 and 2000 small photos: the peak should not
   grow with the number of files;
 - `batch`: one folder classified with several `--batch-size` values: the
-  model's activations grow with the batch, which is why classify caps it.
+  model's activations grow with the batch, which is why classify caps it;
+- `embed`: `keras-xception embed FOLDER --output DIR --engine local` on the
+  folders of `--counts` photos: results are written shard by shard, so the
+  peak should not grow with the number of images either.
 
 Photos are generated in a separate process: on Linux a child's `ru_maxrss`
 includes the memory of the process it was started from (`subprocess` starts
@@ -25,6 +28,7 @@ classifier is saved to the temporary folder and used (no download); pass
     python scripts/measure_memory.py large --side 12500
     python scripts/measure_memory.py folder --counts 100 200
     python scripts/measure_memory.py batch --batch-sizes 8 64
+    python scripts/measure_memory.py embed --counts 500 2000
 
 Prints one line per run: what was classified, the exit status, the wall time
 and the peak RSS in MiB.
@@ -122,7 +126,7 @@ def report(what: str, args: list[str]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="*", metavar="large|folder|batch",
+    parser.add_argument("what", nargs="*", metavar="large|folder|batch|embed",
                         help="measurements to run (default: all)")
     parser.add_argument("--side", type=int, default=12000,
                         help="side of the large photo (default: 12000)")
@@ -135,8 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=None,
                         help="weights file with the top (default: random weights)")
     args = parser.parse_args(argv)
-    what = args.what or ["large", "folder", "batch"]
-    unknown = set(what) - {"large", "folder", "batch"}
+    what = args.what or ["large", "folder", "batch", "embed"]
+    unknown = set(what) - {"large", "folder", "batch", "embed"}
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
 
@@ -152,15 +156,21 @@ def main(argv=None) -> int:
             photo = root / f"large_{args.side}.jpg"
             write_photo_elsewhere(photo, args.side, args.side, seed=0)
             report(f"one {args.side}x{args.side} JPEG", ["classify", photo, *common])
+        folders = {}
         if "folder" in what:
             for count in args.counts:
-                folder = make_folder(root, count)
+                folders[count] = folder = make_folder(root, count)
                 report(f"{count} photos 640x480, batch 8",
                        ["classify", folder, "--jsonl", *common])
+        if "embed" in what:
+            for count in args.counts:
+                folder = folders.get(count) or make_folder(root, count)
+                folders[count] = folder
+                report(f"embed {count} photos 640x480, local",
+                       ["embed", folder, "--output", root / f"embed_{count}",
+                        "--engine", "local", *common])
         if "batch" in what:
-            folder = make_folder(root, args.batch_images) \
-                if args.batch_images not in args.counts or "folder" not in what \
-                else root / f"photos_{args.batch_images}"
+            folder = folders.get(args.batch_images) or make_folder(root, args.batch_images)
             for size in args.batch_sizes:
                 report(f"{args.batch_images} photos, --batch-size {size}",
                        ["classify", folder, "--batch-size", str(size), *common])

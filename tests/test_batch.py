@@ -220,3 +220,76 @@ def test_killed_then_rerun_has_each_input_exactly_once(small_classifier, kitchen
     assert sorted(paths) == sorted(str(folder / p.name) for p in photos)
     assert (output / "_manifest.json").exists()
     assert not [p for p in output.rglob(".*")]
+
+
+def test_overwrite_replaces_another_models_results(embedded, small_classifier, folder,
+                                                   tmp_path):
+    output = tmp_path / "out"
+    shutil.copytree(embedded[0], output)
+    old = {p.name for p in output.glob("part-*.parquet")}
+    done = commandline.run("embed", folder, "--output", output, "--model", small_classifier,
+                           "--shard-size", "3", "--engine", "local", "--overwrite", "--json",
+                           env=onednn_env())
+    assert done.returncode == 1, done.stderr  # the broken image is still broken
+    manifest = json.loads(done.stdout)
+    assert manifest["model_path"] == str(small_classifier)
+    assert manifest["counts"] == {"inputs": PHOTOS + 1, "images": PHOTOS,
+                                  "errors": 1, "shards": 2}
+    new = {p.name for p in output.glob("part-*.parquet")}
+    assert len(new) == 2 and not new & old  # the other model's shards are gone
+    table = read_results(output)
+    assert table.num_rows == PHOTOS  # each image once, from the new model only
+    from keras_xception import batch
+
+    batch.run("embed", [folder], tmp_path / "fresh", engine="local",
+              model_path=small_classifier, shard_size=3)
+    fresh = read_results(tmp_path / "fresh")
+    assert table["path"].to_pylist() == fresh["path"].to_pylist()
+    np.testing.assert_allclose(embeddings(table), embeddings(fresh), rtol=0, atol=1e-5)
+
+
+@pytest.mark.numerics
+def test_classify_with_imagenet_top_weights_names_imagenet_classes(
+        folder, imagenet_notop_arrays, tmp_path):
+    from keras_xception import Xception, decode_predictions, preprocess_input
+    from keras_xception.images import decode
+    from tests.test_cli_classify import write_top_weights
+
+    weights = tmp_path / "xception_top.weights.h5"
+    write_top_weights(weights, imagenet_notop_arrays)
+    output = tmp_path / "out"
+    done = commandline.run("classify", folder, "--output", output, "--weights", weights,
+                           "--top", "3", "--engine", "local", "--precision", "float32",
+                           "--json", env=onednn_env())
+    assert done.returncode == 1, done.stderr  # truncated.jpg
+    assert json.loads(done.stdout)["precision"] == "float32"
+    table = read_results(output)
+    assert table.num_rows == PHOTOS
+    pixels = np.stack([decode(p, (299, 299)) for p in table["path"].to_pylist()])
+    probs = Xception(weights=str(weights)).predict(preprocess_input(pixels), verbose=0)
+    for row, p, named in zip(table.to_pylist(), probs, decode_predictions(probs, top=3)):
+        assert row["class_index"] == [int(i) for i in np.argsort(-p, kind="stable")[:3]]
+        assert row["class_name"] == [name for _, name, _ in named]
+        np.testing.assert_allclose(row["score"], [s for _, _, s in named], rtol=0,
+                                   atol=1e-5)
+
+
+def test_progress_says_images_done_rate_and_eta(monkeypatch):
+    import io
+
+    from keras_xception.batch import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    counter = progress.Progress("embed", 100, stream, interval=5)
+    counter.update(10)  # the first results: no rate to tell yet
+    assert counter.line() == "embed: 10/100 images"
+    clock[0] = 110.0
+    counter.update(20)  # 20 more in 10 s
+    assert stream.getvalue().splitlines() == [
+        "embed: 30/100 images, 2.0 images/s, ETA 35s"]
+    clock[0] = 120.0
+    counter.update(70)
+    counter.close()
+    assert stream.getvalue().splitlines()[-1] == "embed: 100/100 images, 4.5 images/s"

@@ -61,6 +61,41 @@ def small_classifier(tmp_path_factory):
     return path
 
 
+def test_embedded_ray_stays_on_loopback_and_equals_the_local_engine(
+        small_classifier, kitchen_photos, tmp_path, monkeypatch):
+    """No address: Ray starts embedded, on 127.0.0.1, and is shut down after."""
+    from keras_xception import batch
+    from keras_xception.batch import ray_engine
+
+    # Where Ray would otherwise look for a cluster to join.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in kitchen_photos[:3]:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "missing.txt").write_text(f"{folder / 'gone.jpg'}\n")
+    sources = [folder / p.name for p in kitchen_photos[:3]] + [folder / "missing.txt"]
+    with ray_engine.connected() as connected:
+        nodes = connected.nodes()
+        assert [n["NodeManagerAddress"] for n in nodes] == [LOOPBACK]
+        manifest = batch.run("classify", sources, tmp_path / "ray", engine="ray",
+                             model_path=small_classifier, top=2, batch_size=2,
+                             shard_size=2)
+    assert not ray.is_initialized()
+    assert manifest["engine"] == "ray" and manifest["counts"]["errors"] == 1
+    local = batch.run("classify", sources, tmp_path / "local", engine="local",
+                      model_path=small_classifier, top=2, batch_size=2, shard_size=2)
+    assert local["counts"] == manifest["counts"]
+    got = pds.dataset(tmp_path / "ray", format="parquet").to_table().sort_by("path")
+    want = pds.dataset(tmp_path / "local", format="parquet").to_table().sort_by("path")
+    assert got.num_rows == 3
+    assert got["path"].to_pylist() == want["path"].to_pylist()
+    assert got["class_index"].to_pylist() == want["class_index"].to_pylist()
+    np.testing.assert_allclose(
+        np.array(got["score"].to_pylist()), np.array(want["score"].to_pylist()),
+        rtol=0, atol=1e-5)
+
+
 def test_embed_on_a_two_node_cluster_equals_the_local_engine(
         cluster, small_classifier, kitchen_photos, tmp_path):
     from ray.util import state

@@ -40,13 +40,14 @@ class Progress:
 
     def line(self) -> str:
         """The current state as one line."""
-        rate = 0.0
-        if self.first is not None:
-            start, count = self.first
-            elapsed = time.monotonic() - start
-            rate = (self.done - count) / elapsed if elapsed > 0 else 0.0
-        text = f"{self.kind}: {self.done:,}/{self.total:,} images, {rate:.1f} images/s"
-        if 0 < self.done < self.total and rate > 0:
+        text = f"{self.kind}: {self.done:,}/{self.total:,} images"
+        if self.first is None or self.done == self.first[1]:
+            return text  # No rate until results after the first have come.
+        start, count = self.first
+        elapsed = time.monotonic() - start
+        rate = (self.done - count) / elapsed if elapsed > 0 else 0.0
+        text += f", {rate:.1f} images/s"
+        if self.done < self.total and rate > 0:
             text += f", ETA {_duration((self.total - self.done) / rate)}"
         return text
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -122,13 +123,49 @@ def _env_vars():
     return {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
 
 
+# Ray's switch (read once, when Ray is imported) for keeping a node's address
+# 127.0.0.1 instead of swapping in the machine's network address.
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only(embedded):
+    """While Ray starts embedded: every process it starts stays on 127.0.0.1.
+
+    Ray replaces 127.0.0.1 with the machine's network address unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray reads when it is
+    imported: in the processes it starts (so the variable is set while they
+    start) and in this one (where Ray may have been imported already, so
+    its copy of the switch is set too). Both are restored afterwards.
+    """
+    if not embedded:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_CLUSTER_SWITCH)
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_CLUSTER_SWITCH] = saved_env
+        if saved is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 @contextlib.contextmanager
 def connected(address=None, ray_options=None):
     """Ray, connected for the duration of the block.
 
     Uses the Ray this process is already connected to, else connects to
-    `address`, else starts Ray embedded on 127.0.0.1; shuts down only what
-    it started.
+    `address` (or to `RAY_ADDRESS`, which Ray sets for a job submitted to a
+    cluster), else starts Ray embedded on 127.0.0.1, never joining a cluster
+    `ray start` left on the machine; shuts down only what it started.
     """
     import ray
 
@@ -140,16 +177,21 @@ def connected(address=None, ray_options=None):
         "logging_level": logging.ERROR,
         "runtime_env": {"env_vars": _env_vars()},
     }
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         options["address"] = address
     else:
         options.update(
+            # "local": a new Ray of this process's own, even where `ray start`
+            # left a cluster that `ray.init()` would otherwise join.
+            address="local",
             _node_ip_address=LOOPBACK,
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
         )
     options.update(ray_options or {})
-    ray.init(**options)
+    with _loopback_only(embedded=not address):
+        ray.init(**options)
     try:
         yield ray
     finally:
@@ -206,16 +248,22 @@ def run(shards, spec, *, batch_size, max_pixels, write, progress, address=None,
             # instead of fusing it into the model actors.
             num_cpus=DECODE_CPUS,
         )
-        dataset = dataset.map_batches(
-            ModelActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan["size"]),
-            num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"] or None,
-            # Ray Data restarts a dead actor, and retries its batches, without
-            # limit unless told otherwise: an actor killed on every start (out
-            # of memory, say) would then hang the job. Bounded, the job fails
-            # with Ray's error instead; the shards written so far are kept.
-            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing remote options as keywords, but
+            # has no named parameter for these two yet.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            dataset = dataset.map_batches(
+                ModelActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=plan["size"]),
+                num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"] or None,
+                # Ray Data restarts a dead actor, and retries its batches,
+                # without limit unless told otherwise: an actor killed on every
+                # start (out of memory, say) would then hang the job. Bounded,
+                # the job fails with Ray's error instead; the shards written so
+                # far are kept.
+                max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
+            )
         by_index = {s.index: s for s in shards}
         pending = {}
         for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
