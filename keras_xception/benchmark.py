@@ -20,9 +20,22 @@ alternate and share the machine's noise:
   and called directly, in the candidate's runtime: no `predict` overhead and
   no folding, so `fast` against it is what folding BatchNorm adds;
 - `fast`: `optimize_for_inference(keras_xception.Xception(weights=None))`
-  with its `predict`.
+  with its `predict` (`precision="auto"`); `fast-float32` and
+  `fast-bfloat16` the same with TensorFlow's kernels in that precision, and
+  `fast-openvino-float32`, `fast-openvino-bfloat16`, `fast-onnxruntime` the
+  same through those runtimes (these three only when named in `only`);
+- `onnxruntime` and `openvino`, when installed: the unfolded model exported
+  to that runtime and run with its default settings, as a user who picked
+  that runtime would.
 
-Random weights are used (the speed does not depend on the values), so the
+By default the references are `reference-default` only (`compare`), with
+`fast`, `fast-float32`, `fast-bfloat16` and the installed peers; `only`
+names another set. A contestant is skipped, with a message, when the machine
+has less memory available than it needs to start (`WORKER_GIB`).
+
+Every model is Xception without its top, with global average pooling (2048
+features), at 299x299. Random weights are used unless `weights` names a
+no-top weights file (the speed does not depend on the values), so the
 benchmark needs no download. Separate processes also make each contestant's
 peak memory (peak resident set size, or peak device memory on an
 accelerator) its own.
@@ -129,8 +142,24 @@ FAST = {
     "fast-float32": ("keras", "float32"),
     "fast-bfloat16": ("keras", "bfloat16"),
 }
+# The same through another runtime: only when named in `only`.
+FAST_RUNTIMES = {
+    "fast-openvino-float32": ("openvino", "float32"),
+    "fast-openvino-bfloat16": ("openvino", "bfloat16"),
+    "fast-onnxruntime": ("onnxruntime", "float32"),
+}
+ALL_FAST = {**FAST, **FAST_RUNTIMES}
+
+# Memory a worker needs to start (GiB): about 3-3.5 GiB was measured per
+# worker, and ONNX Runtime's conversion peaked near 8 GiB. A worker is not
+# started with less available, so that a machine is never driven out of
+# memory by the benchmark.
+WORKER_GIB = 4
+CONVERSION_GIB = 8
 # Peers: other runtimes at their default settings, when installed.
 PEERS = ("onnxruntime", "openvino")
+CONTESTANTS = ("reference-default", "reference", "reference-compiled", *ALL_FAST,
+               *PEERS)
 
 
 def _peer_installed(name):
@@ -147,8 +176,8 @@ def _build(contestant, model):
     from keras_xception.inference import compile_forward, optimize_for_inference
     from keras_xception.inference import openvino as ov_runtime
 
-    if contestant in FAST:
-        runtime, precision = FAST[contestant]
+    if contestant in ALL_FAST:
+        runtime, precision = ALL_FAST[contestant]
         fast = optimize_for_inference(model, precision, runtime=runtime)
         plan = fast.describe()
         return fast.predict, {"runtime": plan["runtime"], "precision": plan["precision"]}
@@ -169,7 +198,9 @@ def _build(contestant, model):
             request.infer({0: x})
             return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
-        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = {"bf16": "bfloat16", "f32": "float32", "f16": "float16"}.get(
+            hint.get_type_name(), hint.get_type_name())
         return predict, {"runtime": ov_runtime.label(), "precision": hint}
     info = {"runtime": f"keras/{keras.backend.backend()}", "precision": "float32"}
     if contestant == "reference-compiled":
@@ -192,23 +223,32 @@ def _worker(config):
     from keras_xception.inference.guard import min_cosine
     from keras_xception.model import Xception
 
-    # The same weights in every worker, so outputs can be compared.
+    # The same weights in every worker, so outputs can be compared: random
+    # ones (the speed does not depend on the values), or a no-top weights
+    # file, which makes the minimum cosine a statement about real features.
     keras.utils.set_random_seed(0)
-    if config["contestant"] in ("reference", "reference-compiled", "reference-default"):
-        model = keras.applications.Xception(weights=None)
-    else:
-        model = Xception(weights=None)
-    rng = np.random.default_rng(0)
     size = architecture.DEFAULT_SIZE
+    weights = config.get("weights")
+    build = (keras.applications.Xception
+             if config["contestant"] in ("reference", "reference-compiled",
+                                         "reference-default")
+             else Xception)
+    model = build(weights=weights, include_top=False, pooling="avg",
+                  input_shape=(size, size, 3))
+    rng = np.random.default_rng(0)
     batch = rng.uniform(-1, 1, (config["batch_size"], size, size, 3)).astype("float32")
     single = batch[:1]
     # Float32 outputs of the model before any runtime touches it.
     expected = keras.ops.convert_to_numpy(model(batch, training=False))
+    prepare_start = time.perf_counter()
     predict, info = _build(config["contestant"], model)
     kwargs = {"verbose": 0}
     for _ in range(2):  # trace and warm up both shapes
         got = predict(batch, **kwargs)
         predict(single, **kwargs)
+    # Building the runtime (folding, tracing, conversion) and the first calls:
+    # what a short job, such as classify on one photo, pays before results.
+    info["prepare_s"] = time.perf_counter() - prepare_start
     info["min_cosine"] = min_cosine(expected, got)
     _matmul_rate(config["sgemm_size"], compute_dtype, repeats=1)
     bf16_gemm = None
@@ -295,8 +335,20 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def _available_gib():
+    """Memory available to new processes (GiB), or `None` where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
-        compare="both", log=None, only=None):
+        compare="default", log=None, only=None, weights=None):
     """Runs the benchmark and returns its results as a dict.
 
     Args:
@@ -311,8 +363,11 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             `"default"` (reference in TensorFlow's default runtime) or
             `"both"`.
         log: Optional callable for progress messages.
-        only: Optional collection of contestant names to keep (`fast` is
-            always kept: the ratios are against it).
+        only: Optional collection of contestant names (of `CONTESTANTS`)
+            to run instead of the default set (`fast` always runs: the
+            ratios are against it).
+        weights: Optional no-top Xception weights file for every
+            contestant (random weights otherwise).
 
     Returns:
         A dict with `machine`, `settings` and one entry per contestant under
@@ -323,33 +378,54 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
     """
     import keras
 
+    from keras_xception.errors import ConfigError
     from keras_xception.flops import count_flops
     from keras_xception.model import Xception
 
+    unknown = sorted(set(only or ()) - set(CONTESTANTS))
+    if unknown:
+        raise ConfigError(
+            f"--only names unknown contestants: {', '.join(unknown)}. "
+            f"Choose from: {', '.join(CONTESTANTS)}"
+        )
     log = log or (lambda message: None)
-    gflop = count_flops(Xception(weights=None)).flops / 1e9
+    size = architecture.DEFAULT_SIZE
+    gflop = count_flops(Xception(weights=None, include_top=False, pooling="avg",
+                                 input_shape=(size, size, 3))).flops / 1e9
     backend = keras.backend.backend()
     env = dict(os.environ)
     config = {"batch_size": batch_size, "mixed_precision": mixed_precision,
               "sgemm_size": sgemm_size}
-    contestants = [(name, env) for name in FAST]
-    contestants += [(name, env) for name in PEERS
-                    if backend == "tensorflow" and _peer_installed(name)]
-    if compare in ("same", "both"):
-        contestants[:0] = [("reference", env), ("reference-compiled", env)]
+    if weights is not None:
+        config["weights"] = os.path.abspath(os.fspath(weights))
     default_env = {k: v for k, v in env.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    if (
-        compare in ("default", "both")
-        and backend == "tensorflow"
-        and (default_env != env or compare == "default")
-    ):
-        contestants.insert(0, ("reference-default", default_env))
-
     if only:
-        contestants = [(n, e) for n, e in contestants if n in set(only) | {"fast"}]
+        contestants = [(n, default_env if n == "reference-default" else env)
+                       for n in CONTESTANTS if n in set(only) | {"fast"}]
+    else:
+        contestants = [(name, env) for name in FAST]
+        contestants += [(name, env) for name in PEERS
+                        if backend == "tensorflow" and _peer_installed(name)]
+        if compare in ("same", "both"):
+            contestants[:0] = [("reference", env), ("reference-compiled", env)]
+        if (
+            compare in ("default", "both")
+            and backend == "tensorflow"
+            and (default_env != env or compare == "default")
+        ):
+            contestants.insert(0, ("reference-default", default_env))
+
     # Start one at a time so that loading does not overlap measurement.
-    workers = []
+    workers, skipped = [], []
     for name, worker_env in contestants:
+        needed = CONVERSION_GIB if name in ("onnxruntime", "fast-onnxruntime") \
+            else WORKER_GIB
+        available = _available_gib()
+        if name != "fast" and available is not None and available < needed:
+            log(f"skipping {name}: {available:.1f} GiB of memory available, it needs "
+                f"about {needed} GiB; run it with --only {name}")
+            skipped.append(name)
+            continue
         log(f"starting {name} ...")
         worker = _Worker(name, worker_env, config)
         worker.wait_ready()
@@ -378,6 +454,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             "bf16_roofline": (img_per_s * gflop / worker.ready["sgemm_bf16"]
                               if worker.ready.get("sgemm_bf16") else None),
             "runtime": worker.ready["runtime"],
+            "prepare_s": worker.ready["prepare_s"],
             "precision": worker.ready["precision"],
             "min_cosine": worker.ready["min_cosine"],
             "peak_memory_mb": finals[worker.contestant]["peak_memory"] / 2**20,
@@ -396,6 +473,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             "keras": keras.__version__,
             "backend": backend,
         },
+        "skipped": skipped,
         "settings": {**config, "rounds": rounds, "model_gflop": gflop,
                      "onednn_env": env.get("TF_ENABLE_ONEDNN_OPTS")},
         "results": results,
@@ -419,27 +497,32 @@ def format_table(report):
         f"Keras {report['machine']['keras']} / {report['machine']['backend']}, "
         f"batch {batch}, {settings['rounds']} rounds, "
         f"mixed precision: {settings['mixed_precision']}",
-        f"{'contestant':<18} {'runtime':<30} {'prec':<8} {'min cos':>8} "
+        f"{'contestant':<22} {'runtime':<30} {'prec':<8} {'min cos':>8} "
         f"{'oneDNN':>6} {'img/s':>7} {'ms/img':>7} "
         f"{'1-img ms':>9} {'fast x thr':>10} {'fast x lat':>10} "
-        f"{'matmul GF/s':>11} {'roofline':>8} {'bf16 roof':>9} {'peak MB':>8}",
+        f"{'matmul GF/s':>11} {'roofline':>8} {'bf16 roof':>9} {'peak MB':>8} "
+        f"{'prep s':>7}",
     ]
     for name, r in report["results"].items():
         lines.append(
-            f"{name:<18} {r['runtime']:<30} {r['precision']:<8} {r['min_cosine']:>8.5f} "
+            f"{name:<22} {r['runtime']:<30} {r['precision']:<8} {r['min_cosine']:>8.5f} "
             f"{_on_off(r['onednn']):>6} {r['img_per_s']:>7.2f} "
             f"{r['batch_ms_per_image']:>7.1f} {r['latency_ms']:>9.1f} "
             f"{r['throughput_ratio']:>9.2f}x {r['latency_ratio']:>9.2f}x "
             f"{r['sgemm_gflops']:>11.1f} {r['roofline']:>7.0%} "
-            f"{_share(r.get('bf16_roofline')):>9} {r['peak_memory_mb']:>8.0f}"
+            f"{_share(r.get('bf16_roofline')):>9} {r['peak_memory_mb']:>8.0f} "
+            f"{r['prepare_s']:>7.1f}"
         )
     lines.append(
         f"roofline = img/s x {settings['model_gflop']:.2f} GFLOP / matmul GFLOP/s "
         f"({settings['sgemm_size']}^2 matmul, same process); "
         "bf16 roof: the same against a bf16 matmul; "
         "'fast x' = fast's (precision auto) advantage over that row; "
-        "min cos: smallest cosine of that row's outputs to float32."
+        "min cos: smallest cosine of that row's outputs to float32; "
+        "prep s: building the runtime and the first calls."
     )
+    if report.get("skipped"):
+        lines.append(f"skipped for lack of memory: {', '.join(report['skipped'])}")
     return "\n".join(lines)
 
 
@@ -464,14 +547,16 @@ def add_arguments(parser, count=int):
                         help="side of the square matmul measuring the machine's "
                         "rate (default: 2048; use 8192 on a GPU)")
     parser.add_argument("--compare", choices=("same", "default", "both"),
-                        default="both",
+                        default="default",
                         help="reference in the candidate's runtime (same), in "
                         "TensorFlow's default runtime (default), or both")
     parser.add_argument("--only", metavar="NAMES", type=lambda t: t.split(","),
-                        help="comma-separated contestants to run (fast always "
-                        "runs): " + ", ".join(
-                            ["reference-default", "reference", "reference-compiled",
-                             *FAST, *PEERS]))
+                        help="comma-separated contestants to run instead of the "
+                        "default set (fast always runs): " + ", ".join(CONTESTANTS))
+    parser.add_argument("--weights", metavar="FILE",
+                        help="no-top Xception weights for every contestant "
+                        "(default: random weights; real ones make the minimum "
+                        "cosine meaningful)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the results as JSON to PATH")
 
@@ -492,6 +577,7 @@ def main_from_args(args):
         sgemm_size=args.sgemm_size,
         compare=args.compare,
         only=args.only,
+        weights=args.weights,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_table(report))

@@ -20,9 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import sys
 import time
+
+# Run from a checkout without installing: the package beside this folder.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None) -> int:

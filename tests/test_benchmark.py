@@ -99,13 +99,14 @@ def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
         assert r["throughput_ratio"] == pytest.approx(fast["img_per_s"] / r["img_per_s"])
         assert r["latency_ratio"] == pytest.approx(r["latency_ms"] / fast["latency_ms"])
         # runtime (may hold spaces), precision, min cos, oneDNN, img/s, ...
-        cells = rows[name][-12:]
+        cells = rows[name][-13:]
         assert cells[0] == r["precision"] and cells[1] == f"{r['min_cosine']:.5f}"
         assert r["min_cosine"] > 0.998
         cells = cells[2:]  # oneDNN, img/s, ms/img, 1-img ms, ...
         assert cells[1:4] == [f"{r['img_per_s']:.2f}", f"{r['batch_ms_per_image']:.1f}",
                               f"{r['latency_ms']:.1f}"]
         assert cells[0] == ("on" if r["onednn"] else "off")
+        assert cells[-1] == f"{r['prepare_s']:.1f}" and r["prepare_s"] > 0
     assert fast["throughput_ratio"] == fast["latency_ratio"] == 1.0
 
     # oneDNN: the command turns it on for its own contestants; the
@@ -124,6 +125,13 @@ def test_bad_settings_exit_1_without_traceback():
     assert "--rounds" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_unknown_contestant_is_one_line_naming_the_choices():
+    done = benchmark("--only", "fast,openvino-bf16")
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr.count("\n") == 1
+    assert "openvino-bf16" in done.stderr and "fast-openvino-bfloat16" in done.stderr
+
+
 def test_runs_under_jax_with_bf16(tmp_path):
     # The GPU measurement's command (KERAS_BACKEND=jax, bf16), at a tiny size.
     out = tmp_path / "bench.json"
@@ -137,5 +145,5 @@ def test_runs_under_jax_with_bf16(tmp_path):
     assert list(report["results"]) == ["fast"]
     # TensorFlow's oneDNN does not apply to JAX: neither on nor off.
     assert report["results"]["fast"]["onednn"] is None
-    assert table_rows(done.stdout)["fast"][-10] == "n/a"
+    assert table_rows(done.stdout)["fast"][-11] == "n/a"
     assert report["results"]["fast"]["img_per_s"] > 0

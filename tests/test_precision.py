@@ -79,6 +79,53 @@ def test_openvino_native_bf16_rule():
         False, "the CPU has no native bf16 (avx512_bf16 or amx_bf16)")
 
 
+BOTH = {"openvino": True, "onnxruntime": True}
+
+
+@pytest.mark.parametrize("precision, flags, installed, expected", [
+    # OpenVINO whenever it is installed: bf16 where native, float32 elsewhere.
+    ("auto", ZEN4, BOTH, "openvino"),
+    ("float32", ZEN4, BOTH, "openvino"),
+    ("auto", AVX2, BOTH, "openvino"),
+    ("bfloat16", AVX2, {"openvino": True}, "openvino"),
+    # ONNX Runtime only on request: 14-22 s and 8 GB to convert on each start.
+    ("float32", AVX2, {"onnxruntime": True}, "keras"),
+    ("auto", ZEN4, {"onnxruntime": True}, "keras"),
+    ("auto", AVX2, {}, "keras"),
+])
+def test_auto_runtime_rule(precision, flags, installed, expected):
+    from keras_xception.inference.predictor import choose_runtime
+
+    name, reason = choose_runtime(precision, backend="tensorflow", flags=flags,
+                                  installed=installed)
+    assert name == expected, reason
+    if expected == "keras":
+        assert "not installed" in reason and "keras-xception[openvino]" in reason
+
+
+def test_auto_runtime_is_keras_under_another_backend():
+    from keras_xception.inference.predictor import choose_runtime
+
+    name, reason = choose_runtime("auto", backend="jax", flags=ZEN4, installed=BOTH)
+    assert name == "keras" and "jax" in reason
+
+
+def test_auto_picks_the_runtime_by_the_rule(monkeypatch, small, batch):
+    """describe() names what the rule chose, and predict runs it."""
+    from keras_xception.inference import onnxruntime as ort_runtime
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: AVX2)
+    monkeypatch.setattr(ov_runtime, "installed", lambda: False)
+    monkeypatch.setattr(ort_runtime, "installed", lambda: True)
+    fast = optimize_for_inference(small)
+    plan = fast.describe()
+    assert plan["runtime"].startswith("keras/") and plan["precision"] == "float32"
+    assert "keras-xception[openvino]" in plan["reason"]
+    expected = small.predict(batch, verbose=0)
+    np.testing.assert_allclose(fast.predict(batch), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+
+
 def test_auto_stays_float32_without_native_bf16(monkeypatch, small, batch):
     monkeypatch.setattr(cpu, "cpu_flags", lambda: AVX2)
     fast = optimize_for_inference(small, runtime="keras")

@@ -18,7 +18,7 @@ from keras_xception.errors import ConfigError
 from keras_xception.inference import cpu
 
 NAME = "onnxruntime"
-EXTRA = "pip install 'keras-xception[onnxruntime,export]'"
+EXTRA = "pip install 'keras-xception[onnxruntime]'"
 
 
 def installed():
