@@ -7,7 +7,7 @@ keras_xception.benchmark --worker ...`), loaded and warmed up once; the parent
 then asks the workers in turn for one measurement round, so the contestants
 alternate and share the machine's noise:
 
-- `reference`: `keras.applications.Xception(weights=None).predict(x)`, Keras's
+- `reference`: `keras.applications.Xception(...).predict(x)`, Keras's
   default settings (`batch_size` left to Keras), in the same runtime as the
   candidate (same `TF_ENABLE_ONEDNN_OPTS`);
 - `reference-default` (TensorFlow only, when `TF_ENABLE_ONEDNN_OPTS` is set
@@ -19,7 +19,7 @@ alternate and share the machine's noise:
   `keras_xception.inference.compile_forward` (a `tf.function` or `jax.jit`)
   and called directly, in the candidate's runtime: no `predict` overhead and
   no folding, so `fast` against it is what folding BatchNorm adds;
-- `fast`: `optimize_for_inference(keras_xception.Xception(weights=None))`
+- `fast`: `optimize_for_inference(keras_xception.Xception(...))`
   with its `predict` (`precision="auto"`); `fast-float32` and
   `fast-bfloat16` the same with TensorFlow's kernels in that precision, and
   `fast-openvino-float32`, `fast-openvino-bfloat16`, `fast-onnxruntime` the
@@ -163,9 +163,7 @@ CONTESTANTS = ("reference-default", "reference", "reference-compiled", *ALL_FAST
 
 
 def _peer_installed(name):
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+    return _runtime_of(name).installed()
 
 
 def _build(contestant, model):
@@ -335,6 +333,54 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def _runtime_of(name):
+    """The optional runtime module a contestant needs, or `None`."""
+    from keras_xception.inference import onnxruntime as ort_runtime
+    from keras_xception.inference import openvino as ov_runtime
+
+    if "onnxruntime" in name:
+        return ort_runtime
+    if "openvino" in name:
+        return ov_runtime
+    return None
+
+
+def _check_request(only, weights):
+    """Checks `only` and `weights` before any worker starts.
+
+    Raises:
+        ConfigError: For an unknown contestant, or one whose runtime is not
+            installed or needs the TensorFlow backend.
+        WeightsError: If `weights` is not a file.
+    """
+    import keras
+
+    from keras_xception.errors import ConfigError, WeightsError
+
+    unknown = sorted(set(only or ()) - set(CONTESTANTS))
+    if unknown:
+        raise ConfigError(
+            f"--only names unknown contestants: {', '.join(unknown)}. "
+            f"Choose from: {', '.join(CONTESTANTS)}"
+        )
+    for name in only or ():
+        runtime = _runtime_of(name)
+        if runtime is None:
+            continue
+        if keras.backend.backend() != "tensorflow":
+            raise ConfigError(
+                f"--only {name} needs the TensorFlow backend. "
+                f"Received: KERAS_BACKEND={keras.backend.backend()}"
+            )
+        if not runtime.installed():
+            raise ConfigError(f"--only {name} needs {runtime.NAME}: {runtime.EXTRA}")
+    if weights is not None and not os.path.isfile(weights):
+        raise WeightsError(
+            "--weights must be a no-top Xception weights file (.h5). "
+            f"Received: --weights {weights!r}"
+        )
+
+
 def _available_gib():
     """Memory available to new processes (GiB), or `None` where unknown."""
     try:
@@ -361,7 +407,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             rate.
         compare: `"same"` (the references in the candidate's runtime),
             `"default"` (reference in TensorFlow's default runtime) or
-            `"both"`.
+            `"both"`; not used when `only` is given.
         log: Optional callable for progress messages.
         only: Optional collection of contestant names (of `CONTESTANTS`)
             to run instead of the default set (`fast` always runs: the
@@ -370,24 +416,26 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             contestant (random weights otherwise).
 
     Returns:
-        A dict with `machine`, `settings` and one entry per contestant under
+        A dict with `machine`, `settings`, `skipped` (contestants not
+        started for lack of memory) and one entry per contestant under
         `results` (`img_per_s`, `batch_ms_per_image`, `latency_ms`,
-        `sgemm_gflops`, `roofline`, `peak_memory_mb`, `onednn` (whether
-        TensorFlow's oneDNN kernels ran, `None` under other backends),
-        `onednn_env` (the worker's `TF_ENABLE_ONEDNN_OPTS`), ratios).
+        `sgemm_gflops`, `roofline`, `peak_memory_mb`, `prepare_s` (building
+        the runtime and the first calls), `runtime`, `precision`,
+        `min_cosine`, `onednn` (whether TensorFlow's oneDNN kernels ran,
+        `None` under other backends), `onednn_env` (the worker's
+        `TF_ENABLE_ONEDNN_OPTS`), ratios).
+
+    Raises:
+        ConfigError: For an unknown contestant in `only`, or one whose
+            runtime is not installed.
+        WeightsError: If `weights` is not a file.
     """
+    _check_request(only, weights)
     import keras
 
-    from keras_xception.errors import ConfigError
     from keras_xception.flops import count_flops
     from keras_xception.model import Xception
 
-    unknown = sorted(set(only or ()) - set(CONTESTANTS))
-    if unknown:
-        raise ConfigError(
-            f"--only names unknown contestants: {', '.join(unknown)}. "
-            f"Choose from: {', '.join(CONTESTANTS)}"
-        )
     log = log or (lambda message: None)
     size = architecture.DEFAULT_SIZE
     gflop = count_flops(Xception(weights=None, include_top=False, pooling="avg",
@@ -549,7 +597,8 @@ def add_arguments(parser, count=int):
     parser.add_argument("--compare", choices=("same", "default", "both"),
                         default="default",
                         help="reference in the candidate's runtime (same), in "
-                        "TensorFlow's default runtime (default), or both")
+                        "TensorFlow's default runtime (default, the default), "
+                        "or both")
     parser.add_argument("--only", metavar="NAMES", type=lambda t: t.split(","),
                         help="comma-separated contestants to run instead of the "
                         "default set (fast always runs): " + ", ".join(CONTESTANTS))

@@ -136,3 +136,36 @@ def test_embed_on_a_two_node_cluster_equals_the_local_engine(
             if t.node_id} | {a.node_id for a in state.list_actors(address=address)
                              if a.node_id}
     assert used == nodes
+
+
+def test_embedded_start_restores_rays_switch_even_when_ray_fails(monkeypatch):
+    """The loopback switch is set only while Ray starts, on every path."""
+    from ray._private import ray_constants
+
+    from keras_xception.batch import ray_engine
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    seen = {}
+
+    def failing_init(**options):
+        seen.update(options, env=os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],
+                    switch=ray_constants.ENABLE_RAY_CLUSTER)
+        raise ConnectionError("no Ray today")
+
+    monkeypatch.setattr(ray, "init", failing_init)
+    with pytest.raises(ConnectionError):
+        with ray_engine.connected():
+            pass
+    assert (seen["env"], seen["switch"]) == ("0", False)
+    assert seen["address"] == "local" and seen["_node_ip_address"] == LOOPBACK
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
+    assert ray_constants.ENABLE_RAY_CLUSTER is True
+    # A cluster address is used as given, without the switch.
+    seen.clear()
+    with pytest.raises(ConnectionError):
+        with ray_engine.connected("127.0.0.1:1"):
+            pass
+    assert seen["address"] == "127.0.0.1:1" and seen["switch"] is True
+    assert "_node_ip_address" not in seen

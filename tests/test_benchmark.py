@@ -125,6 +125,20 @@ def test_bad_settings_exit_1_without_traceback():
     assert "--rounds" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_missing_runtime_or_weights_file_is_refused_before_any_worker(monkeypatch,
+                                                                          tmp_path):
+    from keras_xception import benchmark
+    from keras_xception.errors import ConfigError, WeightsError
+    from keras_xception.inference import openvino as ov_runtime
+
+    monkeypatch.setattr(ov_runtime, "installed", lambda: False)
+    monkeypatch.setattr(benchmark, "_Worker", None)  # starting one would fail
+    with pytest.raises(ConfigError, match=r"--only openvino needs openvino: .*\[openvino\]"):
+        benchmark.run(only=["openvino"])
+    with pytest.raises(WeightsError, match="Received: --weights"):
+        benchmark.run(only=["fast"], weights=str(tmp_path / "missing.h5"))
+
+
 def test_an_unknown_contestant_is_one_line_naming_the_choices():
     done = benchmark("--only", "fast,openvino-bf16")
     assert done.returncode == 1 and not done.stdout

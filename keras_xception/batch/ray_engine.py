@@ -141,12 +141,15 @@ def _loopback_only(embedded):
     if not embedded:
         yield
         return
-    from ray._private import ray_constants
-
+    try:  # Ray's own copy of the switch; a private module, so maybe absent.
+        from ray._private import ray_constants
+    except ImportError:
+        ray_constants = None
     saved_env = os.environ.get(_CLUSTER_SWITCH)
     saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
     os.environ[_CLUSTER_SWITCH] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    if saved is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
@@ -178,6 +181,8 @@ def connected(address=None, ray_options=None):
         "runtime_env": {"env_vars": _env_vars()},
     }
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":  # Ray's word for a new instance on this machine
+        address = None
     if address:
         options["address"] = address
     else:

@@ -128,11 +128,11 @@ def choose_runtime(precision, *, backend, flags, installed):
     The rule follows the benchmark (README, "Precision and runtimes,
     measured"): OpenVINO when it is installed, for every precision. In
     bf16 it was the fastest path measured (1.1x TensorFlow's own at batch 8
-    and 1.7x lower latency on one image, on Zen 4). In float32 it was within
-    2% of ONNX Runtime there, ready 3-5 times sooner and with half its peak
-    memory; ONNX Runtime (about 1.2x OpenVINO in float32 on AVX2 machines,
-    but 14-22 s and 8 GB to convert on every start) is used on request only.
-    Without OpenVINO, the backend's own kernels.
+    and 1.7x lower latency on one image, on Zen 4). In float32 its
+    throughput was within 2% of ONNX Runtime's there, ready 3-5 times sooner
+    and with half its peak memory; ONNX Runtime (14-22 s and about 8 GB to
+    convert on every start) is used on request only. Without OpenVINO, the
+    backend's own kernels.
 
     Args:
         precision: The precision asked for: `"auto"`, `"float32"` or
@@ -152,8 +152,9 @@ def choose_runtime(precision, *, backend, flags, installed):
     if installed.get("openvino"):
         if bf16:
             return "openvino", "OpenVINO: the fastest bfloat16 runtime measured"
-        return "openvino", ("OpenVINO: as fast as ONNX Runtime in float32 where "
-                            "measured, and quicker to prepare")
+        return "openvino", ("OpenVINO is installed (in float32 as fast as ONNX "
+                            "Runtime where measured, and ready 3-5 times sooner; "
+                            "runtime='onnxruntime' on request)")
     return "keras", f"OpenVINO is not installed ({ov_runtime.EXTRA} for more speed)"
 
 
