@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -194,10 +195,22 @@ def test_paths_say_what_is_wrong(tmp_path):
     assert _args.output_path(str(tmp_path / "new" / "out")) == tmp_path / "new" / "out"
 
 
+def _interruptible():
+    """In the child: SIGINT as a terminal delivers it (see `_run_script`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_script(script, *args):
-    """Runs `script` in a fresh Python: a real SIGINT stays out of this process."""
+    """Runs `script` in a fresh Python: a real SIGINT stays out of this process.
+
+    The child starts with SIGINT's default disposition, as a command typed
+    at a terminal does. Without that, a suite started in the background of
+    a non-interactive shell (`... &`), where SIGINT is ignored and children
+    inherit that, would test a command that cannot be interrupted at all.
+    """
     return subprocess.run([sys.executable, "-c", script, *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=_interruptible)
 
 
 def test_a_swallowed_ctrl_c_is_status_130_and_publishes_nothing(tmp_path):
@@ -263,8 +276,7 @@ def test_sigint_while_publishing_in_a_subprocess_leaves_nothing(tmp_path):
         "sys.exit(cli.main(['weights', 'path']))\n"
     )
     out = tmp_path / "out.txt"
-    done = subprocess.run([sys.executable, "-c", script, str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = _run_script(script, out)
     assert (done.returncode, done.stderr) == (130, "interrupted\n")
     assert list(tmp_path.iterdir()) == []
 
