@@ -209,6 +209,10 @@ def _build(contestant, model):
 
 def _worker(config):
     """Serves measurement rounds for one contestant over stdin/stdout."""
+    from keras_xception.cli import _runtime
+
+    # TensorFlow's start-up lines, filtered as the command line does.
+    _runtime.install()
     import keras
     import numpy as np
 
@@ -357,6 +361,11 @@ def _check_request(only, weights):
 
     from keras_xception.errors import ConfigError, WeightsError
 
+    if only is not None and not all(only):
+        raise ConfigError(
+            f"--only names an empty contestant (a stray comma?). Received: "
+            f"--only {','.join(only)!r}"
+        )
     unknown = sorted(set(only or ()) - set(CONTESTANTS))
     if unknown:
         raise ConfigError(
@@ -374,11 +383,15 @@ def _check_request(only, weights):
             )
         if not runtime.installed():
             raise ConfigError(f"--only {name} needs {runtime.NAME}: {runtime.EXTRA}")
-    if weights is not None and not os.path.isfile(weights):
-        raise WeightsError(
-            "--weights must be a no-top Xception weights file (.h5). "
-            f"Received: --weights {weights!r}"
-        )
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise WeightsError(
+                "--weights must be a no-top Xception weights file (.h5). "
+                f"Received: --weights {weights!r}"
+            )
+        from keras_xception.weights.validate import inspect
+
+        inspect(weights, include_top=False)
 
 
 def _available_gib():

@@ -89,9 +89,11 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
         `path` as an absolute `pathlib.Path` (the user's `~` expanded).
 
     Raises:
-        ConfigError: If a component of the parent is a file, or the parent
-            exists and cannot be written to.
+        ConfigError: If `path` is empty, a component of the parent is a
+            file, or the parent exists and cannot be written to.
     """
+    if not os.fspath(path).strip():
+        raise ConfigError(f"{what} is empty: give a path. Received: {what} {os.fspath(path)!r}")
     path = pathlib.Path(path).expanduser().absolute()
     for parent in path.parents:
         if parent.exists():

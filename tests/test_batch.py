@@ -293,3 +293,10 @@ def test_progress_says_images_done_rate_and_eta(monkeypatch):
     counter.update(70)
     counter.close()
     assert stream.getvalue().splitlines()[-1] == "embed: 100/100 images, 4.5 images/s"
+
+
+def test_an_empty_output_path_is_refused(kitchen_photos, tmp_path):
+    done = commandline.run("embed", kitchen_photos[0], "--output", "", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "--output" in done.stderr and "is empty" in done.stderr
+    assert list(tmp_path.iterdir()) == []

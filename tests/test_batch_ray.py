@@ -20,6 +20,8 @@ import pytest
 # The ray extra is part of the test extra: a missing Ray fails here.
 import ray  # noqa: E402
 
+from keras_xception.errors import ConfigError
+
 LOOPBACK = "127.0.0.1"
 MIB = 1024 * 1024
 
@@ -155,7 +157,8 @@ def test_embedded_start_restores_rays_switch_even_when_ray_fails(monkeypatch):
         raise ConnectionError("no Ray today")
 
     monkeypatch.setattr(ray, "init", failing_init)
-    with pytest.raises(ConnectionError):
+    # Ray's failure is one line naming where it tried to connect.
+    with pytest.raises(ConfigError, match="cannot connect to Ray at 'this machine': no Ray"):
         with ray_engine.connected():
             pass
     assert (seen["env"], seen["switch"]) == ("0", False)
@@ -164,8 +167,27 @@ def test_embedded_start_restores_rays_switch_even_when_ray_fails(monkeypatch):
     assert ray_constants.ENABLE_RAY_CLUSTER is True
     # A cluster address is used as given, without the switch.
     seen.clear()
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConfigError, match="'127.0.0.1:1'"):
         with ray_engine.connected("127.0.0.1:1"):
             pass
     assert seen["address"] == "127.0.0.1:1" and seen["switch"] is True
     assert "_node_ip_address" not in seen
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:1", "cannot reach the Ray cluster at '127.0.0.1:1'"),
+    ("ray://", "--address must be auto, HOST:PORT or ray://HOST:PORT"),
+    ("http://x", "--address must be"),
+    ("127.0.0.1:notaport", "--address must be"),
+])
+def test_a_bad_cluster_address_is_one_line_before_any_output(address, message, tmp_path,
+                                                             kitchen_photos):
+    output = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_xception.cli", "embed", str(kitchen_photos[0]),
+         "--output", str(output), "--engine", "ray", "--address", address],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and not done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not output.exists()

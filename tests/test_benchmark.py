@@ -137,6 +137,11 @@ def test_a_missing_runtime_or_weights_file_is_refused_before_any_worker(monkeypa
         benchmark.run(only=["openvino"])
     with pytest.raises(WeightsError, match="Received: --weights"):
         benchmark.run(only=["fast"], weights=str(tmp_path / "missing.h5"))
+    (tmp_path / "fake.h5").write_text("not HDF5")
+    with pytest.raises(WeightsError, match="fake.h5"):
+        benchmark.run(only=["fast"], weights=str(tmp_path / "fake.h5"))
+    with pytest.raises(ConfigError, match="empty contestant"):
+        benchmark.run(only=["fast", ""])
 
 
 def test_an_unknown_contestant_is_one_line_naming_the_choices():

@@ -1,6 +1,7 @@
 """The command line's frame: help, usage errors, exit codes, pipes, TensorFlow's noise."""
 
 import argparse
+import errno
 import os
 import signal
 import subprocess
@@ -369,3 +370,34 @@ def test_ctrl_c_while_openvino_converts_is_a_keyboard_interrupt(monkeypatch):
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     with pytest.raises(KeyboardInterrupt):
         runtime.convert(model)
+
+
+@pytest.mark.parametrize("code, advice", [
+    (errno.ENOSPC, "free some space"),
+    (errno.EACCES, "check its permissions"),
+    (errno.EROFS, "writable file system"),
+])
+def test_a_full_disk_or_missing_permission_is_one_line(in_process, monkeypatch, capsys,
+                                                       code, advice):
+    from keras_xception.cli import weights
+
+    def fails(args):
+        raise OSError(code, os.strerror(code), "/data/out/part-000000.parquet")
+
+    monkeypatch.setattr(weights, "run", fails)
+    assert in_process(["weights", "path"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: {os.strerror(code)} ('/data/out/part-000000.parquet'): ")
+    assert advice in err and err.count("\n") == 1 and err.endswith("\n")
+
+
+def test_any_other_os_error_keeps_its_traceback(in_process, monkeypatch):
+    from keras_xception.cli import weights
+
+    def fails(args):
+        raise FileNotFoundError(errno.ENOENT, "a bug", "/nowhere")
+
+    monkeypatch.setattr(weights, "run", fails)
+    with pytest.raises(FileNotFoundError):
+        in_process(["weights", "path"])

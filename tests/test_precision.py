@@ -256,3 +256,23 @@ def test_bf16_features_and_kitchen_head_stay_close(runtime, imagenet_features,
     assert all(np.array_equal(a, b) for a, b in zip(weights, kitchen.get_weights()))
     assert any(isinstance(l, keras.layers.BatchNormalization)
                for l in kitchen.get_layer("xception").layers)
+
+
+def test_a_model_built_under_a_mixed_policy_runs_on_every_runtime(batch):
+    """Every runtime starts from float32, whatever policy the model was built in."""
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = Xception(weights=None, include_top=False, pooling="avg",
+                         input_shape=(SIZE, SIZE, 3))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    reference = optimize_for_inference(mixed, "float32", runtime="keras")
+    assert reference.layers[-1].dtype_policy.compute_dtype == "float32"
+    expected = reference.predict(batch)
+    runtimes = available_runtimes()
+    assert "openvino" in runtimes  # the test extra installs it
+    for runtime in runtimes:
+        got = optimize_for_inference(mixed, "float32", runtime=runtime).predict(batch)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-4,
+                                   atol=1e-4 * np.abs(expected).max())

@@ -221,6 +221,10 @@ def run(
     if not paths and not scan_errors:
         raise ConfigError(f"No image paths in {', '.join(map(repr, sources))}")
     engine = choose_engine(engine, address, len(paths))
+    if engine == "ray":
+        from keras_xception.batch.ray_engine import check_address
+
+        check_address(address or os.environ.get("RAY_ADDRESS"))
     shards = sources_lib.make_shards(paths, shard_size)
     del paths
     stream = progress

@@ -37,6 +37,7 @@ class Progress:
         # start, which includes building the model).
         self.first = None
         self.last = time.monotonic()
+        self.printed = None
 
     def line(self) -> str:
         """The current state as one line."""
@@ -59,9 +60,13 @@ class Progress:
             self.first = (now, self.done)
         if self.stream is not None and now - self.last >= self.interval:
             self.last = now
-            print(self.line(), file=self.stream, flush=True)
+            self._print()
+
+    def _print(self):
+        self.printed = self.done
+        print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
-        """Prints the final line."""
-        if self.stream is not None:
-            print(self.line(), file=self.stream, flush=True)
+        """Prints the final line, unless the last one printed had this count."""
+        if self.stream is not None and self.printed != self.done:
+            self._print()

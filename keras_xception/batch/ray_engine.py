@@ -161,6 +161,49 @@ def _loopback_only(embedded):
             ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+ADDRESS_FORMS = "auto, HOST:PORT or ray://HOST:PORT"
+
+# Seconds to wait for a cluster's port to answer before giving up.
+CONNECT_TIMEOUT = 5.0
+
+
+def check_address(address):
+    """Checks that something answers at a Ray cluster's address, quickly.
+
+    Ray itself retries an unreachable address for minutes; this fails in
+    `CONNECT_TIMEOUT` seconds instead, before any output is written.
+    `None`, `"auto"` and `"local"` are left to Ray.
+
+    Raises:
+        ConfigError: If `address` is not of the forms Ray takes, or nothing
+            accepts a connection there.
+    """
+    import socket
+
+    from keras_xception.errors import ConfigError
+
+    if address in (None, "", "auto", "local"):
+        return
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    host, colon, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if scheme not in ("", "ray") or not colon or not host or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"--address must be {ADDRESS_FORMS}. Received: --address {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address!r} ({reason}): start it, "
+            "or check the address and that this machine can reach it"
+        ) from None
+
+
 @contextlib.contextmanager
 def connected(address=None, ray_options=None):
     """Ray, connected for the duration of the block.
@@ -196,7 +239,15 @@ def connected(address=None, ray_options=None):
         )
     options.update(ray_options or {})
     with _loopback_only(embedded=not address):
-        ray.init(**options)
+        try:
+            ray.init(**options)
+        except (ConnectionError, ValueError, TimeoutError) as err:
+            from keras_xception.errors import ConfigError
+
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"cannot connect to Ray at {address or 'this machine'!r}: {first}"
+            ) from None
     try:
         yield ray
     finally:

@@ -12,7 +12,9 @@ Exit status:
   argparse's own checks), any `keras_xception.errors.XceptionError`, or some
   of the inputs could not be processed (each named on stderr).
   stdout that cannot be written to (closed, a full disk) is one of these:
-  `error: cannot write to stdout: <reason>`.
+  `error: cannot write to stdout: <reason>`; so is a full disk, a missing
+  permission or a read-only file system anywhere else (`error: <reason>
+  ('<path>'): <what to do>`).
 - 130: interrupted (Ctrl-C), also when a library swallowed or wrapped the
   interrupt: any failure once Ctrl-C has been pressed is reported as
   `interrupted`, and nothing more is published (`keras_xception.fileio`).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -149,7 +152,30 @@ def main(argv=None) -> int:
             if isinstance(err, BrokenPipeError):
                 _silence_stdout()
                 return 0
+            if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRORS:
+                print(f"error: {_os_error_line(err)}", file=sys.stderr)
+                return 1
             raise
+
+
+# Failures of the machine rather than of this program (a full disk, a
+# folder without write permission, a read-only file system), with what the
+# user can do about each: one line, exit 1, like any expected error.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free some space, or choose another location",
+    errno.EDQUOT: "free some space, or choose another location",
+    errno.EACCES: "check its permissions, or choose another location",
+    errno.EPERM: "check its permissions, or choose another location",
+    errno.EROFS: "choose a location on a writable file system",
+    errno.EIO: "check the device",
+}
+
+
+def _os_error_line(err):
+    """`err` (one of `_ENVIRONMENT_ERRORS`) as one line naming the path and a remedy."""
+    reason = " ".join(str(err.strerror or os.strerror(err.errno)).split())
+    where = f" ({os.fsdecode(err.filename)!r})" if err.filename else ""
+    return f"{reason}{where}: {_ENVIRONMENT_ERRORS[err.errno]}"
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from keras_xception import benchmark
-    if args.json:
+    if args.json is not None:
         # Checked before minutes of measuring, not when the results are in.
         check_json_path(args.json)
     return benchmark.main_from_args(args)

@@ -33,7 +33,7 @@ from keras_xception.inference import cpu, guard
 from keras_xception.inference import onnxruntime as ort_runtime
 from keras_xception.inference import openvino as ov_runtime
 from keras_xception.inference import tensorflow as keras_runtime
-from keras_xception.inference.fold import fold_batch_norm
+from keras_xception.inference.fold import fold_batch_norm, with_dtype_policy
 from keras_xception.inference.tensorflow import compile_forward
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -120,6 +120,18 @@ def attach_fast_predict(model, forward=None):
     predict.__doc__ = attach_fast_predict.__doc__
     model.predict = predict
     return model
+
+
+def _all_float32(model):
+    """Whether every layer of `model`, nested ones too, computes in float32."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and not _all_float32(layer):
+            return False
+        if layer.dtype_policy.compute_dtype != "float32":
+            return False
+    return True
 
 
 def choose_runtime(precision, *, backend, flags, installed):
@@ -309,6 +321,10 @@ def optimize_for_inference(model, precision="auto", *, runtime="auto"):
     """
     _check_arguments(precision, runtime)
     folded = fold_batch_norm(model)
+    if not _all_float32(folded):
+        # A model built under a mixed policy: every runtime starts from
+        # float32, and the precision is this function's to choose.
+        folded = with_dtype_policy(folded, "float32")
     choice = _Choice(folded, precision, runtime)
 
     def forward():
