@@ -276,3 +276,18 @@ def test_a_model_built_under_a_mixed_policy_runs_on_every_runtime(batch):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-4,
                                    atol=1e-4 * np.abs(expected).max())
+
+
+def test_openvino_conversion_sends_no_usage_statistics(monkeypatch, small):
+    """Nothing leaves the machine: OpenVINO's telemetry is not called."""
+    import openvino_telemetry
+    from openvino.tools.ovc import convert_impl
+
+    calls = []
+    for name in ("send_event", "start_session", "end_session", "send_error"):
+        monkeypatch.setattr(openvino_telemetry.Telemetry, name,
+                            lambda self, *a, name=name, **k: calls.append(name))
+    before = convert_impl.tm
+    ov_runtime.convert(small)
+    assert calls == []
+    assert convert_impl.tm is before  # OpenVINO's own module, back in place

@@ -21,6 +21,7 @@ scaled to [-1, 1]), shape `(batch, 299, 299, 3)`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import pathlib
 import sys
@@ -246,8 +247,14 @@ def export(model, out, fmt):
                 target = tmp / OPENVINO_XML  # and model.bin beside it
             elif directory:
                 tmp.rmdir()  # The exporter creates its folder itself.
-            model.export(str(target), format=keras_format, verbose=False,
-                         input_signature=[spec])
+            quiet = contextlib.nullcontext()
+            if fmt == "openvino":
+                from keras_xception.inference.openvino import no_telemetry
+
+                quiet = no_telemetry()
+            with quiet:
+                model.export(str(target), format=keras_format, verbose=False,
+                             input_signature=[spec])
     except OSError as err:
         if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
             raise

@@ -9,6 +9,8 @@ TensorFlow backend; OpenVINO is imported only inside this module's functions.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from keras_xception.errors import ConfigError
@@ -55,6 +57,34 @@ def native_bf16(flags):
     return True, f"native bf16 ({', '.join(have)}) through OpenVINO"
 
 
+@contextlib.contextmanager
+def no_telemetry():
+    """OpenVINO's converter without its usage statistics, for the block.
+
+    `openvino.convert_model` sends usage events over the network from a
+    forked process, which this package's users did not ask for. Offline, that
+    process can wait for ever on a name lookup, and Python then waits for it
+    at exit: the job's work is done, but it never ends. OpenVINO ships a
+    do-nothing stand-in (`telemetry_stub`), which it uses itself when the
+    telemetry package is missing; it is put in the converter's place here,
+    and the real one back afterwards.
+    """
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils, utils
+    except ImportError:
+        yield
+        return
+    modules = [m for m in (convert_impl, telemetry_utils, utils) if hasattr(m, "tm")]
+    saved = [m.tm for m in modules]
+    for module in modules:
+        module.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        for module, tm in zip(modules, saved):
+            module.tm = tm
+
+
 def convert(model):
     """The folded `model` as an in-memory `openvino.Model`.
 
@@ -71,7 +101,8 @@ def convert(model):
                            input_signature=[spec], autograph=False)
     concrete = function.get_concrete_function()
     try:
-        return ov.convert_model(concrete)
+        with no_telemetry():
+            return ov.convert_model(concrete)
     except RuntimeError as err:
         if "KeyboardInterrupt" in str(err):
             raise KeyboardInterrupt from None
