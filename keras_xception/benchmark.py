@@ -162,10 +162,6 @@ CONTESTANTS = ("reference-default", "reference", "reference-compiled", *ALL_FAST
                *PEERS)
 
 
-def _peer_installed(name):
-    return _runtime_of(name).installed()
-
-
 def _build(contestant, model):
     """The predict function a contestant is timed with, and what it runs."""
     import keras
@@ -466,7 +462,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
     else:
         contestants = [(name, env) for name in FAST]
         contestants += [(name, env) for name in PEERS
-                        if backend == "tensorflow" and _peer_installed(name)]
+                        if backend == "tensorflow" and _runtime_of(name).installed()]
         if compare in ("same", "both"):
             contestants[:0] = [("reference", env), ("reference-compiled", env)]
         if (

@@ -224,7 +224,7 @@ def run(
     if engine == "ray":
         from keras_xception.batch.ray_engine import check_address
 
-        check_address(address or os.environ.get("RAY_ADDRESS"))
+        check_address(address)
     shards = sources_lib.make_shards(paths, shard_size)
     del paths
     stream = progress

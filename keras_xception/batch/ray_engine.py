@@ -163,6 +163,17 @@ def _loopback_only(embedded):
 
 ADDRESS_FORMS = "auto, HOST:PORT or ray://HOST:PORT"
 
+
+def cluster_address(address):
+    """The Ray cluster a job uses, or `None` for Ray embedded on this machine.
+
+    `address` when given, else `RAY_ADDRESS` (which Ray sets for a job
+    submitted to a cluster); `"local"`, Ray's word for a new instance on this
+    machine, means embedded.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
 # Seconds to wait for a cluster's port to answer before giving up.
 CONNECT_TIMEOUT = 5.0
 
@@ -171,8 +182,9 @@ def check_address(address):
     """Checks that something answers at a Ray cluster's address, quickly.
 
     Ray itself retries an unreachable address for minutes; this fails in
-    `CONNECT_TIMEOUT` seconds instead, before any output is written.
-    `None`, `"auto"` and `"local"` are left to Ray.
+    `CONNECT_TIMEOUT` seconds instead, before any output is written. The
+    address is resolved as `connected` does (`cluster_address`); embedded
+    Ray and `"auto"` are left to Ray.
 
     Raises:
         ConfigError: If `address` is not of the forms Ray takes, or nothing
@@ -182,7 +194,8 @@ def check_address(address):
 
     from keras_xception.errors import ConfigError
 
-    if address in (None, "", "auto", "local"):
+    address = cluster_address(address)
+    if address in (None, "auto"):
         return
     scheme, sep, rest = address.partition("://")
     if not sep:
@@ -209,9 +222,9 @@ def connected(address=None, ray_options=None):
     """Ray, connected for the duration of the block.
 
     Uses the Ray this process is already connected to, else connects to
-    `address` (or to `RAY_ADDRESS`, which Ray sets for a job submitted to a
-    cluster), else starts Ray embedded on 127.0.0.1, never joining a cluster
-    `ray start` left on the machine; shuts down only what it started.
+    the cluster `cluster_address(address)` names, else starts Ray embedded on
+    127.0.0.1, never joining a cluster `ray start` left on the machine;
+    shuts down only what it started.
     """
     import ray
 
@@ -223,9 +236,7 @@ def connected(address=None, ray_options=None):
         "logging_level": logging.ERROR,
         "runtime_env": {"env_vars": _env_vars()},
     }
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address == "local":  # Ray's word for a new instance on this machine
-        address = None
+    address = cluster_address(address)
     if address:
         options["address"] = address
     else:
