@@ -156,7 +156,7 @@ def test_variant_flags_are_exclusive(run, capsys):
 def test_weights_command_imports_neither_keras_nor_tensorflow():
     code = (
         "import sys; from keras_xception.cli import weights, main;"
-        "import keras_xception.weights.validate, keras_xception.weights.downloader;"
+        "import keras_xception.weights.validate, keras_xception.weights.cache_entry;"
         "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
     )
     root = pathlib.Path(__file__).resolve().parents[1]

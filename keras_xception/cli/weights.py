@@ -169,14 +169,14 @@ def _state(path, entry) -> tuple[bool, str]:
 
 
 def _path(args) -> int:
-    from keras_xception.weights import cache, registry
+    from keras_xception.weights import cache, registry, urls
 
     folders = cache.cache_dirs(args.cache_dir)
     print(f"cache: {folders[0]}")
     if len(folders) > 1:
         print(f"  not writable; new downloads go to {folders[-1]}")
-    mirror = cache.mirror_base()
-    print(f"mirror ({cache.MIRROR_ENV}): {mirror or 'not set'}")
+    mirror = urls.mirror_base()
+    print(f"mirror ({urls.MIRROR_ENV}): {mirror or 'not set'}")
     print(f"offline ({cache.OFFLINE_ENV}): {'yes' if cache.offline() else 'no'}")
     all_ok = True
     for entry in registry.WEIGHTS:

@@ -26,14 +26,8 @@ import pathlib
 
 from keras_xception.errors import WeightsError
 from keras_xception.weights import integrity
-from keras_xception.weights.downloader import (
-    CachedFileWarning,
-    check_url,
-    download,
-    fetch,
-    is_url,
-    looks_like_url,
-)
+from keras_xception.weights.cache_entry import CachedFileWarning, download, fetch
+from keras_xception.weights.urls import check_url, is_url, looks_like_url
 from keras_xception.weights.validate import read_weights, verify
 
 __all__ = [

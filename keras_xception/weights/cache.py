@@ -33,7 +33,6 @@ import urllib.parse
 from keras_xception.errors import WeightsError
 
 OFFLINE_ENV = "KERAS_XCEPTION_OFFLINE"
-MIRROR_ENV = "KERAS_XCEPTION_WEIGHTS_URL"
 SUBDIR = "models"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -161,36 +160,3 @@ def offline() -> bool:
         f"Received: {OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r}"
     )
 
-
-def mirror_base() -> str | None:
-    """The base URL in `KERAS_XCEPTION_WEIGHTS_URL`, or `None` when unset.
-
-    Raises:
-        WeightsError: If the variable is set to something other than an
-            http(s) URL.
-    """
-    base = os.environ.get(MIRROR_ENV, "").strip()
-    if not base:
-        return None
-    try:
-        parts = urllib.parse.urlsplit(base)
-        parts.port  # Raises for a port that is not a number.
-    except ValueError:
-        parts = None
-    if (
-        parts is None
-        or parts.scheme.lower() not in ("http", "https")
-        or not parts.hostname
-    ):
-        raise WeightsError(
-            f"{MIRROR_ENV} must be an http:// or https:// base URL with a host, "
-            "that the weight file names are appended to. "
-            f"Received: {MIRROR_ENV}={base!r}"
-        )
-    return base.rstrip("/") + "/"
-
-
-def mirror_url(fname: str) -> str | None:
-    """The mirror URL of `fname` when `KERAS_XCEPTION_WEIGHTS_URL` is set."""
-    base = mirror_base()
-    return None if base is None else base + fname
