@@ -98,6 +98,58 @@ def test_embedded_ray_stays_on_loopback_and_equals_the_local_engine(
         rtol=0, atol=1e-5)
 
 
+def test_the_actors_write_the_shards_and_the_driver_gets_only_reports(
+        small_classifier, kitchen_photos, tmp_path, monkeypatch):
+    """What reaches the driver per shard is its counts and errors, never its rows."""
+    import pickle
+
+    from keras_xception import batch
+    from keras_xception.batch import ray_engine, sink
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in kitchen_photos[:3]:
+        shutil.copy(photo, folder / photo.name)
+    name = os.fsdecode(os.fsencode(folder) + b"/not-utf8-\xe9.jpg")
+    shutil.copy(kitchen_photos[3], name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    received = []
+    get = ray.get
+
+    def recording_get(refs, *args, **kwargs):
+        values = get(refs, *args, **kwargs)
+        received.extend(values if isinstance(refs, list) else [values])
+        return values
+
+    def driver_write(*args, **kwargs):
+        raise AssertionError("the driver wrote a shard")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "get", recording_get)
+        patch.setattr(sink, "write_shard", driver_write)
+        manifest = batch.run("embed", [folder], tmp_path / "ray", engine="ray",
+                             model_path=small_classifier, batch_size=2, shard_size=2)
+    assert not ray.is_initialized()
+    assert manifest["counts"] == {"inputs": 5, "images": 4, "errors": 1, "shards": 3}
+    reports = [r for r in received if isinstance(r, ray_engine.ShardDone)]
+    assert sorted(r.index for r in reports) == [0, 1, 2]
+    assert sum(r.rows for r in reports) == 4
+    # One embedding alone is 8 KiB; a whole report is a fraction of that.
+    assert all(len(pickle.dumps(r)) < 1024 for r in reports)
+    assert len(received) == len(reports), [type(r) for r in received]
+
+    batch.run("embed", [folder], tmp_path / "local", engine="local",
+              model_path=small_classifier, batch_size=2, shard_size=2)
+    got = pds.dataset(tmp_path / "ray", format="parquet").to_table().sort_by("path_bytes")
+    want = pds.dataset(tmp_path / "local", format="parquet").to_table().sort_by("path_bytes")
+    assert got["path_bytes"].to_pylist() == want["path_bytes"].to_pylist()
+    assert os.fsencode(name) in got["path_bytes"].to_pylist()
+    np.testing.assert_allclose(
+        np.stack(got["embedding"].to_numpy(zero_copy_only=False)),
+        np.stack(want["embedding"].to_numpy(zero_copy_only=False)), rtol=0, atol=1e-5)
+
+
 def test_embed_on_a_two_node_cluster_equals_the_local_engine(
         cluster, small_classifier, kitchen_photos, tmp_path):
     from ray.util import state

@@ -10,13 +10,25 @@ paths; `sources`), cuts the paths into shards with stable names, skips the
 shards an earlier run with the same model and inputs completed, processes
 the rest on an engine and writes each shard's results atomically (`sink`).
 
+Before anything is written to the output folder, every check has passed:
+the arguments, the optional extras (`checks.require`), the sources, the
+Ray address and the model (including `top` against its classes). Then
+`sink.Sink.open` locks the folder (a second job on it fails at once),
+removes what a killed run left, and records the job.
+
+Each row names its input twice (`paths`): `path`, text to read, and
+`path_bytes`, the exact bytes of the name, which stay unique and open the
+file again (`os.fsdecode(row["path_bytes"])`) where the name is not UTF-8.
+
 Engines:
 
 - `"local"`: in this process, the pipeline `keras-xception classify` uses
   (`local_engine`);
-- `"ray"`: Ray Data: decoding in Ray tasks, the model in a pool of actors
-  (`ray_engine`); embedded on this machine (listening on 127.0.0.1 only)
-  unless `address` names a cluster (`"auto"`, `"ray://HOST:PORT"`);
+- `"ray"`: decoding in Ray tasks, the model in a pool of Ray actors, each
+  writing the shards it computed (`ray_engine`; on a cluster, `output` must
+  be a folder every node sees); embedded on this machine (listening on
+  127.0.0.1 only) unless `address` names a cluster (`"auto"`,
+  `"ray://HOST:PORT"`);
 - `"auto"` (default): `"ray"` when `address` is given or there are more
   than `AUTO_LOCAL_MAX` inputs and Ray is installed, else `"local"`.
 """
@@ -52,8 +64,10 @@ _VERSIONS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "pillow",
 
 
 def ray_available() -> bool:
-    """Whether Ray Data and pyarrow can be imported."""
-    return all(importlib.util.find_spec(m) is not None for m in ("ray", "pyarrow"))
+    """Whether Ray and pyarrow can be imported (the `ray` extra)."""
+    from keras_xception import checks
+
+    return not checks.missing("ray")
 
 
 def choose_engine(engine, address, count) -> str:
@@ -77,11 +91,10 @@ def choose_engine(engine, address, count) -> str:
             f"--address names a Ray cluster, which --engine local does not use. "
             f"Received: --address {address!r} --engine local"
         )
-    if engine == "ray" and not ray_available():
-        raise ConfigError(
-            "--engine ray needs Ray Data and pyarrow: pip install "
-            "'keras-xception[ray]'"
-        )
+    if engine == "ray":
+        from keras_xception import checks
+
+        checks.require("ray", "--engine ray")
     return engine
 
 
@@ -182,15 +195,17 @@ def run(
         `counts["errors"]` is the number of unreadable inputs.
 
     Raises:
-        ConfigError: For a bad argument, an output folder holding other
-            results (without `overwrite`), or a list file that cannot be read.
+        ConfigError: For a bad argument, a missing extra (pyarrow; Ray for
+            the Ray engine), an output folder another job is writing or
+            holding other results (without `overwrite`), or a list file
+            that cannot be read.
         WeightsError: If the weights cannot be found or do not fit.
     """
-    from keras_xception.batch import progress as progress_lib
+    from keras_xception import checks
     from keras_xception.batch import sink as sink_lib
-    from keras_xception.batch import sources as sources_lib
     from keras_xception.images import max_pixels_limit
 
+    checks.require("batch", kind)
     if kind not in KINDS:
         raise ConfigError(f"`kind` must be one of {', '.join(KINDS)}. Received: kind={kind!r}")
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= TOP_MAX:
@@ -208,7 +223,25 @@ def run(
         sources = [sources]
     sources = [os.fsdecode(s) for s in sources]
     max_pixels = max_pixels_limit(max_pixels)
-    sink = sink_lib.Sink(output, kind)
+    with sink_lib.Sink(output, kind) as sink:
+        # A folder another job holds fails here, before any work; nothing
+        # is written to it until `sink.open`, after every check.
+        sink.claim()
+        return _run_checked(
+            kind, sources, sink, engine=engine, address=address, batch_size=batch_size,
+            weights=weights, model_path=model_path, top=top, precision=precision,
+            path_column=path_column, shard_size=shard_size, max_pixels=max_pixels,
+            overwrite=overwrite, stream=progress, on_error=on_error,
+            ray_options=ray_options,
+        )
+
+
+def _run_checked(kind, sources, sink, *, engine, address, batch_size, weights, model_path,
+                 top, precision, path_column, shard_size, max_pixels, overwrite, stream,
+                 on_error, ray_options):
+    """`run` once its arguments are checked and `sink` holds the lock, if any."""
+    from keras_xception.batch import progress as progress_lib
+    from keras_xception.batch import sources as sources_lib
 
     scan_errors = []
 
@@ -227,24 +260,25 @@ def run(
         check_address(address)
     shards = sources_lib.make_shards(paths, shard_size)
     del paths
-    stream = progress
     spec = _model_spec(kind, weights, model_path, precision, top, stream or False)
-    job = {"model": spec.identity(), "sources": sources}
+    if callable(getattr(spec, "check", None)):
+        spec.check()  # What only the model can tell, before the folder is touched.
+    job = {"model": spec.identity(), "sources": sources,
+           "columns": result_schema(kind).names}
     pending = sink.open(job, shards, overwrite=overwrite)
 
-    def write(shard, table, errors):
+    def on_shard(shard, errors):
         if on_error is not None:
             for path, reason in errors:
                 on_error(path, reason)
-        sink.write_shard(shard, table, errors)
 
     counter = progress_lib.Progress(kind, sum(len(s.paths) for s in pending), stream)
     if pending:
         if stream is not None and len(pending) < len(shards):
             print(f"{kind}: {len(shards) - len(pending)} of {len(shards)} shards done "
                   "by an earlier run; doing the rest", file=stream, flush=True)
-        common = dict(batch_size=batch_size, max_pixels=max_pixels, write=write,
-                      progress=counter)
+        common = dict(batch_size=batch_size, max_pixels=max_pixels, output=sink.output,
+                      on_shard=on_shard, progress=counter)
         if engine == "ray":
             from keras_xception.batch import ray_engine
 
@@ -255,6 +289,13 @@ def run(
 
             local_engine.run(pending, spec, **common)
         counter.close()
+    unseen = [s for s in pending if not sink.done(s)]
+    if unseen:
+        raise ConfigError(
+            f"{len(unseen)} shards were written where this machine does not see them "
+            f"(such as {unseen[0].name}.parquet in --output {str(sink.output)!r}): on a "
+            "Ray cluster, --output must be a folder every node sees at the same path"
+        )
     manifest = {
         "kind": kind,
         "inputs": sources,

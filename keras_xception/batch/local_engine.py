@@ -2,8 +2,8 @@
 
 It is the pipeline `keras-xception classify` runs (a few threads decode a
 bounded number of images ahead of the model), with each shard's results
-handed to the sink as soon as the shard is complete, so memory holds one
-shard's results at most.
+written (`sink.write_shard`) as soon as the shard is complete, so memory
+holds one shard's results at most.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ import contextlib
 import numpy as np
 
 
-def run(shards, spec, *, batch_size, max_pixels, write, progress):
-    """Processes `shards` in order.
+def run(shards, spec, *, batch_size, max_pixels, output, on_shard, progress):
+    """Processes `shards` in order, writing each into `output` when it is complete.
 
     Args:
         shards: The `sources.Shard`s to process.
         spec: The `models.ModelSpec`.
         batch_size: Images per forward pass.
         max_pixels: The pixel limit for `images.decode`.
-        write: Called as `write(shard, table, errors)` when a shard is done.
+        output: The output folder, as `sink.Sink.open` prepared it.
+        on_shard: Called as `on_shard(shard, errors)` once a shard is
+            written, `errors` its unreadable inputs as `(path, reason)`.
         progress: A `progress.Progress`.
     """
+    from keras_xception.batch import sink
     from keras_xception.batch.models import Predictor, empty_columns, result_table
     from keras_xception.images import iter_batches
 
@@ -44,11 +47,13 @@ def run(shards, spec, *, batch_size, max_pixels, write, progress):
                 parts.append(predictor(images))
                 paths.extend(batch_paths)
                 progress.update(len(batch_paths))
-        columns = _concatenate(parts) if parts else empty_columns(spec.kind, spec.top)
-        write(shard, result_table(spec.kind, paths, columns), errors)
+        columns = concatenate(parts) if parts else empty_columns(spec.kind, spec.top)
+        sink.write_shard(output, shard, result_table(spec.kind, paths, columns), errors)
+        on_shard(shard, errors)
 
 
-def _concatenate(parts):
+def concatenate(parts):
+    """The result columns of several batches (`Predictor` outputs) as one."""
     out = {}
     for key in parts[0]:
         values = [p[key] for p in parts]

@@ -81,22 +81,28 @@ def result_schema(kind):
     """The Arrow schema of a result file."""
     import pyarrow as pa
 
+    from keras_xception.batch.paths import bytes_field
+
     if kind == EMBED:
         return pa.schema([
             ("path", pa.string()),
             ("embedding", pa.list_(pa.float32(), EMBEDDING_SIZE)),
+            bytes_field(),
         ])
     return pa.schema([
         ("path", pa.string()),
         ("class_index", pa.list_(pa.int32())),
         ("class_name", pa.list_(pa.string())),
         ("score", pa.list_(pa.float32())),
+        bytes_field(),
     ])
 
 
 def column_text(path) -> str:
-    """A path as Parquet text: bytes that are not UTF-8 shown as `\\xNN`."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path as Parquet text (`batch.paths.text`; `path_bytes` keeps it exactly)."""
+    from keras_xception.batch.paths import text
+
+    return text(path)
 
 
 def _optimize(model, precision):
@@ -244,13 +250,16 @@ def result_table(kind, paths, columns):
     """
     import pyarrow as pa
 
+    from keras_xception.batch.paths import bytes_array, text_array
+
     schema = result_schema(kind)
-    path_column = pa.array([column_text(p) for p in paths], pa.string())
+    path_column = text_array(paths)
+    path_bytes = bytes_array(paths)
     if kind == EMBED:
         values = np.ascontiguousarray(columns["embedding"], dtype=np.float32).reshape(-1)
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()),
                                                       EMBEDDING_SIZE)
-        return pa.Table.from_arrays([path_column, embedding], schema=schema)
+        return pa.Table.from_arrays([path_column, embedding, path_bytes], schema=schema)
     return pa.Table.from_arrays(
         [
             path_column,
@@ -260,6 +269,7 @@ def result_table(kind, paths, columns):
                      schema.field("class_name").type),
             pa.array([np.asarray(r, np.float32) for r in columns["score"]],
                      schema.field("score").type),
+            path_bytes,
         ],
         schema=schema,
     )

@@ -1,23 +1,28 @@
-"""The Ray Data engine: decoding in Ray tasks, the model in a pool of actors.
+"""The Ray engine: decoding in Ray tasks, the model in a pool of actors that write.
 
-The pipeline, all Ray Data operators:
+Each model actor (`ShardWorker`, one model built from the `ModelSpec`) is
+given whole shards, one after another:
 
-1. `from_items`: one row per input path (its bytes) and its shard;
-2. `map_batches(decode_batch)`: Ray tasks on CPU call
-   `keras_xception.images.decode` (the one decoder of the package) and emit
-   uint8 pixels (the decoder's output is whole numbers in [0, 255], so this
-   loses nothing and moves a quarter of the bytes) and the reason for each
-   image that cannot be read;
-3. `map_batches(ModelActor)`: a pool of actors, each holding one model
-   (`models.Predictor`), computes the results; one actor per GPU when the
-   cluster has GPUs (each actor gets one), else one per `CPUS_PER_ACTOR`
-   CPUs of the cluster, at least one;
-4. the results stream back to this process in input order
-   (`preserve_order`), and each shard is handed to the sink as soon as all
-   its rows have arrived: the sink writes it atomically under its stable
-   name, which is what makes a killed run resumable. Ray Data's own
-   `write_parquet` names files after the dataset's blocks, which differ from
-   run to run, so it cannot tell a rerun what is already done.
+1. it cuts the shard into batches and has each decoded by a Ray task on CPU
+   (`decode_batch`, which calls `keras_xception.images.decode`, the one
+   decoder of the package), `DECODE_AHEAD` batches in flight, anywhere in
+   the cluster; the pixels travel as uint8 (the decoder's output is whole
+   numbers in [0, 255], so this loses nothing and moves a quarter of the
+   bytes) from the task to the actor through Ray's object store;
+2. it computes the results of the readable images (`models.Predictor`);
+3. it writes the shard itself, atomically under its stable name
+   (`sink.write_shard`), which is what makes a killed run resumable;
+4. it returns a `ShardDone` to the driver: the shard's index, its row count
+   and its unreadable inputs (path and reason), never its results.
+
+So the driver hands out shards and collects small reports; the results go
+from the actor that computed them straight to the output folder, which on
+a cluster must therefore be one folder every node sees at the same path (a
+shared file system). There is one actor per GPU when the cluster has GPUs
+(each actor gets one), else one per `CPUS_PER_ACTOR` CPUs of the cluster,
+at least one; each has up to `SHARDS_PER_ACTOR` shards queued so it never
+waits for the driver. A dead actor is restarted, and its shard retried,
+`ACTOR_RESTARTS` times; a shard written twice is written identically.
 
 Embedded (no address), Ray is started on this machine listening on
 127.0.0.1 only: one machine has no reason to open Ray's unauthenticated
@@ -28,10 +33,11 @@ the actors compute what this process would.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import logging
 import os
-import warnings
 
 import numpy as np
 
@@ -44,23 +50,30 @@ OBJECT_STORE_BYTES = 512 * 1024 * 1024
 # CPUs each decoding task reserves.
 DECODE_CPUS = 0.5
 
+# Batches each actor has being decoded ahead of its model.
+DECODE_AHEAD = 8
+
+# Shards given to each actor at a time: the next one is queued while it
+# computes the current one.
+SHARDS_PER_ACTOR = 2
+
 LOOPBACK = "127.0.0.1"
 
 _PASSED_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND",
                "KERAS_HOME", "KERAS_XCEPTION_MAX_PIXELS")
 
-
-
-# How often a dead model actor is restarted, and its batch retried, before
+# How often a dead model actor is restarted, and its shard retried, before
 # the job fails.
 ACTOR_RESTARTS = 2
 
-def decode_batch(batch, *, size, max_pixels):
-    """Decodes a batch of rows `{file: bytes, shard: int}` (a Ray task).
+
+def decode_batch(paths, *, size, max_pixels) -> dict:
+    """Decodes a batch of paths (a Ray task).
 
     Returns:
-        The rows with `image` (uint8, `(n, height, width, 3)`; zeros for an
-        image that cannot be read) and `error` (`""`, or why it cannot).
+        `{"paths": [...], "images": uint8 (n, height, width, 3), "errors":
+        [(path, reason), ...]}`: the readable images and their paths, in
+        order, and why each other one cannot be read.
     """
     from PIL import Image
 
@@ -68,55 +81,89 @@ def decode_batch(batch, *, size, max_pixels):
     from keras_xception.images import decode
 
     Image.MAX_IMAGE_PIXELS = None  # decode applies max_pixels itself.
-    files = batch["file"]
-    images = np.zeros((len(files), size[0], size[1], 3), np.uint8)
-    errors = np.full(len(files), "", dtype=object)
-    for i, file in enumerate(files):
+    images = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
+    ok, errors = [], []
+    for path in paths:
         try:
-            images[i] = decode(os.fsdecode(bytes(file)), size, max_pixels=max_pixels)
+            images[len(ok)] = decode(path, size, max_pixels=max_pixels)
         except ImageError as err:
-            errors[i] = str(err)
-    return {"file": files, "shard": batch["shard"], "error": errors, "image": images}
+            errors.append((path, str(err)))
+        else:
+            ok.append(path)
+    return {"paths": ok, "images": images[: len(ok)], "errors": errors}
 
 
-class ModelActor:
-    """A Ray actor holding one model; maps decoded batches to result rows.
+@dataclasses.dataclass(frozen=True)
+class ShardDone:
+    """What a model actor tells the driver about a shard it wrote.
+
+    Attributes:
+        index: The shard's index.
+        rows: Result rows written (readable images).
+        errors: The shard's unreadable inputs, `(path, reason)` pairs.
+    """
+
+    index: int
+    rows: int
+    errors: tuple = ()
+
+
+class ShardWorker:
+    """A Ray actor holding one model: computes whole shards and writes them.
 
     Args:
         spec: The `models.ModelSpec`.
+        output: The output folder, as `sink.Sink.open` prepared it.
+        batch_size: Images per decoding task and per forward pass.
+        max_pixels: The pixel limit for `images.decode`.
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, output, batch_size, max_pixels):
+        import ray
+
         from keras_xception.batch.models import Predictor
 
-        self.spec = spec
+        self.spec, self.output = spec, output
+        self.batch_size, self.max_pixels = batch_size, max_pixels
         self.predictor = Predictor(spec)
+        self.decode = ray.remote(num_cpus=DECODE_CPUS)(decode_batch)
 
-    def __call__(self, batch):
-        import pyarrow as pa
+    def process(self, shard) -> ShardDone:
+        """Computes and writes `shard`; returns its `ShardDone`."""
+        import ray
 
+        from keras_xception.batch import local_engine, sink
         from keras_xception.batch.models import empty_columns, result_table
 
-        errors = [str(e) for e in batch["error"]]
-        ok = np.array([not e for e in errors], dtype=bool)
-        n = len(errors)
-        if ok.any():
-            found = self.predictor(batch["image"][ok].astype(np.float32))
-        else:
-            found = empty_columns(self.spec.kind, self.spec.top)
-        columns = {}
-        for key, values in found.items():
-            if isinstance(values, np.ndarray):
-                full = np.zeros((n,) + values.shape[1:], values.dtype)
-                full[ok] = values
-            else:
-                rows = iter(values)
-                full = [next(rows) if good else [] for good in ok]
-            columns[key] = full
-        paths = [os.fsdecode(bytes(f)) for f in batch["file"]]
+        if not (sink.error_path(self.output, shard).parent).is_dir():
+            from keras_xception.errors import ConfigError
+
+            raise ConfigError(
+                f"the Ray worker on {ray.util.get_node_ip_address()} does not see "
+                f"--output {str(self.output)!r}: on a cluster, the workers write the "
+                "results themselves, so --output must be a folder every node sees "
+                "at the same path (a shared file system)"
+            )
+        size = self.predictor.image_size
+        chunks = collections.deque(
+            shard.paths[i:i + self.batch_size]
+            for i in range(0, len(shard.paths), self.batch_size))
+        ahead = collections.deque()
+        parts, paths, errors = [], [], []
+        while chunks or ahead:
+            while chunks and len(ahead) < DECODE_AHEAD:
+                ahead.append(self.decode.remote(chunks.popleft(), size=size,
+                                                max_pixels=self.max_pixels))
+            batch = ray.get(ahead.popleft())
+            errors.extend(batch["errors"])
+            if len(batch["paths"]):
+                parts.append(self.predictor(batch["images"].astype(np.float32)))
+                paths.extend(batch["paths"])
+        columns = (local_engine.concatenate(parts) if parts
+                   else empty_columns(self.spec.kind, self.spec.top))
         table = result_table(self.spec.kind, paths, columns)
-        table = table.append_column("shard", pa.array(batch["shard"], pa.int64()))
-        return table.append_column("error", pa.array(errors, pa.string()))
+        sink.write_shard(self.output, shard, table, errors)
+        return ShardDone(shard.index, table.num_rows, tuple(errors))
 
 
 def _env_vars():
@@ -282,69 +329,53 @@ def actor_plan(resources) -> dict:
     return {"size": max(1, cpus // CPUS_PER_ACTOR), "num_cpus": 1, "num_gpus": 0}
 
 
-def run(shards, spec, *, batch_size, max_pixels, write, progress, address=None,
-        ray_options=None):
-    """Processes `shards` on Ray Data; see `local_engine.run` for the arguments.
+def run(shards, spec, *, batch_size, max_pixels, output, on_shard, progress,
+        address=None, ray_options=None):
+    """Processes `shards` on Ray; see `local_engine.run` for the arguments.
+
+    The driver (this process) only hands shards to the actors and receives
+    their `ShardDone`s; the actors write the results.
 
     Args:
         address: The Ray cluster, or `None` to start Ray on this machine.
         ray_options: More keyword arguments for `ray.init`.
+
+    Raises:
+        ConfigError: If a worker cannot see `output`.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    from keras_xception.errors import ConfigError
 
-    from keras_xception.batch.models import image_size
-
-    size = image_size(spec)
     with connected(address, ray_options) as ray:
-        context = ray.data.DataContext.get_current()
-        # Progress is this package's own line on stderr.
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
         plan = actor_plan(ray.cluster_resources())
-        rows = [{"file": os.fsencode(p), "shard": s.index}
-                for s in shards for p in s.paths]
-        dataset = ray.data.from_items(rows)
-        del rows
-        dataset = dataset.map_batches(
-            decode_batch, batch_size=batch_size, batch_format="numpy",
-            fn_kwargs={"size": size, "max_pixels": max_pixels},
-            # Not the actors' resources, so Ray Data keeps decoding in tasks
-            # instead of fusing it into the model actors.
-            num_cpus=DECODE_CPUS,
+        worker = ray.remote(ShardWorker).options(
+            num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"] or None,
+            # Without a bound, an actor killed on every start (out of
+            # memory, say) would hang the job; bounded, the job fails with
+            # Ray's error instead, and the shards written so far are kept.
+            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
         )
-        with warnings.catch_warnings():
-            # Ray 2.60 deprecates passing remote options as keywords, but
-            # has no named parameter for these two yet.
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            dataset = dataset.map_batches(
-                ModelActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=plan["size"]),
-                num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"] or None,
-                # Ray Data restarts a dead actor, and retries its batches,
-                # without limit unless told otherwise: an actor killed on every
-                # start (out of memory, say) would then hang the job. Bounded,
-                # the job fails with Ray's error instead; the shards written so
-                # far are kept.
-                max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
-            )
-        by_index = {s.index: s for s in shards}
-        pending = {}
-        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for index in pc.unique(table["shard"]).to_pylist():
-                part = table.filter(pc.equal(table["shard"], index))
-                bucket = pending.setdefault(index, {"tables": [], "errors": [], "count": 0})
-                failed = pc.not_equal(part["error"], "")
-                bad = part.filter(failed)
-                bucket["errors"].extend(zip(bad["path"].to_pylist(), bad["error"].to_pylist()))
-                bucket["tables"].append(part.filter(pc.invert(failed)).drop_columns(
-                    ["shard", "error"]))
-                bucket["count"] += part.num_rows
-                progress.update(part.num_rows)
-                shard = by_index[index]
-                if bucket["count"] == len(shard.paths):
-                    del pending[index]
-                    write(shard, pa.concat_tables(bucket["tables"]), bucket["errors"])
+        actors = [worker.remote(spec, output, batch_size, max_pixels)
+                  for _ in range(plan["size"])]
+        todo = collections.deque(shards)
+        running = {}
+
+        def give(actor):
+            if todo:
+                shard = todo.popleft()
+                running[actor.process.remote(shard)] = (actor, shard)
+
+        for _ in range(SHARDS_PER_ACTOR):
+            for actor in actors:
+                give(actor)
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor, shard = running.pop(ref)
+            try:
+                done = ray.get(ref)
+            except ray.exceptions.RayTaskError as err:
+                if isinstance(err.cause, ConfigError):
+                    raise ConfigError(str(err.cause)) from None
+                raise
+            progress.update(len(shard.paths))
+            on_shard(shard, done.errors)
+            give(actor)

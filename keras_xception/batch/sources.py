@@ -7,8 +7,10 @@ A source (`SRC` on the command line) is one of:
 - a `.txt` file: one path per line (empty lines are skipped);
 - a `.csv` file with a header row: the paths are in the column named by
   `path_column` (default `"path"`);
-- a `.parquet` file: the paths are in the string column `path_column`,
-  read a row group at a time;
+- a `.parquet` file: the paths are in the column `path_column`, read a
+  row group at a time: strings, or bytes taken as the operating system's
+  names (`os.fsdecode`), such as a job's own `path_bytes`
+  (`keras_xception.batch.paths`), which keeps names that are not UTF-8;
 - any other file: an image, read whatever its name.
 
 A relative path inside a list is relative to the folder of the list file,
@@ -139,13 +141,16 @@ def _read_parquet_list(path: pathlib.Path, column: str):
             f"paths with --path-column. Received: --path-column {column!r}"
         )
     kind = parquet.schema_arrow.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    names = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    if not (names or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise ConfigError(
-            f"Column {column!r} of {str(path)!r} must hold strings (paths). "
+            f"Column {column!r} of {str(path)!r} must hold strings or bytes (paths). "
             f"Received: a column of type {kind}"
         )
     for batch in parquet.iter_batches(columns=[column]):
         for entry in batch.column(0).to_pylist():
+            if names and entry:
+                entry = os.fsdecode(entry)
             if entry and entry.strip():
                 yield entry
 
