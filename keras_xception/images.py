@@ -275,8 +275,12 @@ def _walk(root, root_info, extensions, found, report):
 # --- decoding -----------------------------------------------------------------
 
 
-def _to_rgb(image):
-    """Converts any PIL mode to RGB, compositing transparency onto white."""
+def _to_rgb(image, top=None):
+    """Converts any PIL mode to RGB, compositing transparency onto white.
+
+    `top` is the largest value of the 32-bit ("I" or "F") image that `image`
+    is a strip of; `None` takes it from `image` itself.
+    """
     from PIL import Image
 
     if image.mode.startswith("I;16"):
@@ -288,7 +292,8 @@ def _to_rgb(image):
     elif image.mode in ("I", "F"):
         # 32-bit integer or float grayscale: the values tell the range.
         array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.size else 0.0
+        if top is None:
+            top = array.max() if array.size else 0.0
         scale = 255.0 / (65535.0 if top > 255 else 255.0)
         image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
@@ -305,6 +310,62 @@ def _to_rgb(image):
     if image.mode == "RGB":
         return image
     return image.convert("RGB")
+
+
+# Rows of a full-size image converted at a time (about 8 MB of Pillow's
+# 4-byte pixels), so no second full-size copy is ever made.
+_STRIP_BYTES = 8 << 20
+
+# For each EXIF orientation, how the stored image lies in the upright array:
+# a NumPy view of the upright array with the stored image's shape (the
+# inverses of the transposes `ImageOps.exif_transpose` applies).
+_STORED_VIEWS = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+    6: lambda a: np.rot90(a, 1),  # ROTATE_270
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # TRANSVERSE
+    8: lambda a: np.rot90(a, -1),  # ROTATE_90
+}
+
+
+def _full_size(image, dtype) -> np.ndarray:
+    """The loaded `image`, upright and RGB, as a new `dtype` array.
+
+    The pixels of `ImageOps.exif_transpose` then `_to_rgb` on the whole
+    image, but converted a strip of stored rows at a time, each written
+    straight into its place in the upright array: memory holds Pillow's
+    decoded image, the result and one strip, never a transposed, converted
+    or float copy of the whole image.
+    """
+    width, height = image.size
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    view = _STORED_VIEWS.get(orientation)
+    shape = (width, height, 3) if view is not None \
+        and orientation in _TRANSPOSED_ORIENTATIONS else (height, width, 3)
+    upright = np.empty(shape, dtype)
+    stored = upright if view is None else view(upright)
+    top = None
+    if image.mode in ("I", "F"):
+        top = image.getextrema()[1]
+    step = max(1, _STRIP_BYTES // (4 * max(width, 1)))
+    for row in range(0, height, step):
+        strip = image.crop((0, row, width, min(row + step, height)))
+        stored[row:row + step] = np.asarray(_to_rgb(strip, top))
+    return upright
+
+
+def _check_dtype(dtype):
+    try:
+        wanted = np.dtype(dtype)
+    except TypeError:
+        wanted = None
+    if wanted not in (np.dtype(np.float32), np.dtype(np.uint8)):
+        raise ConfigError(
+            f"`dtype` must be 'float32' or 'uint8'. Received: dtype={dtype!r}"
+        )
+    return wanted
 
 
 def _draft_size(image, height, width):
@@ -339,8 +400,8 @@ def find_given(path, *, on_error):
                        f"recursively for {', '.join(IMAGE_EXTENSIONS)})")
     return found
 
-def decode(path, target_size=(299, 299), *, max_pixels=None) -> np.ndarray:
-    """Reads an image file as a float32 RGB array with values in [0, 255].
+def decode(path, target_size=(299, 299), *, max_pixels=None, dtype="float32") -> np.ndarray:
+    """Reads an image file as an RGB array with values in [0, 255], float32 by default.
 
     See the module docstring for what happens to orientation, color modes,
     transparency and large JPEGs. Safe to call from several threads at once
@@ -358,9 +419,14 @@ def decode(path, target_size=(299, 299), *, max_pixels=None) -> np.ndarray:
             (`PIL.Image.MAX_IMAGE_PIXELS`, which warns above 89,478,485
             pixels and refuses above twice that) applies as well; set it to
             `None` to let `max_pixels` alone decide.
+        dtype: `"float32"` (the default: what models take) or `"uint8"`
+            (the same values in a quarter of the memory, for a photo kept
+            at full size, e.g. to draw `explain.overlay` on).
 
     Returns:
-        A `float32` NumPy array of shape `(height, width, 3)`.
+        A new, writable NumPy array of shape `(height, width, 3)` and type
+        `dtype`. With `target_size=None` it is filled a strip of rows at a
+        time: the memory needed is Pillow's decoded image plus the result.
 
     Raises:
         ImageError: (a `ValueError`) if the file is missing, a folder, not a
@@ -368,11 +434,13 @@ def decode(path, target_size=(299, 299), *, max_pixels=None) -> np.ndarray:
             larger than the pixel limit. The message is one line that names
             the path.
         ConfigError: If `target_size` is not `None` or two positive
-            integers, or the pixel limit is not a positive integer.
+            integers, the pixel limit is not a positive integer, or `dtype`
+            is neither float32 nor uint8.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     size = _check_target_size(target_size)
+    dtype = _check_dtype(dtype)
     limit = max_pixels_limit(max_pixels)
     path = os.fsdecode(os.fspath(path))
     shown = _shown(path)
@@ -401,11 +469,13 @@ def decode(path, target_size=(299, 299), *, max_pixels=None) -> np.ndarray:
             if size is not None and image.format == "JPEG":
                 image.draft(None, _draft_size(image, *size))
             image.load()
+            if size is None:
+                return _full_size(image, dtype)
             ImageOps.exif_transpose(image, in_place=True)
             image = _to_rgb(image)
-            if size is not None and image.size != (size[1], size[0]):
+            if image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.float32)
+            return np.asarray(image, dtype=dtype)
     except ImageError:
         raise
     except UnidentifiedImageError:

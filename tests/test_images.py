@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from keras_xception import images
 from keras_xception.errors import ConfigError, ImageError
@@ -217,6 +217,74 @@ def test_sixteen_bit_rgb_png_and_grayscale_jpeg(tmp_path):
     path = tmp_path / "rgb16.png"
     path.write_bytes(png.getvalue())
     np.testing.assert_allclose(images.decode(path, None)[0, 0], [255, 128, 0], atol=1)
+
+
+# --- full-size decoding -----------------------------------------------------------
+
+
+def _full_size_photo(mode):
+    """A 37 x 23 photo in `mode`: odd sizes, so the last strip of rows is short."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    if mode == "RGBA":
+        return Image.fromarray(np.dstack([pixels, pixels[..., :1] // 2 + 64]))
+    if mode == "I;16":
+        return Image.fromarray(pixels[..., 0].astype(np.uint16) * 257 + 3)
+    return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "I;16"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_full_size_decode_is_the_upright_rgb_photo_in_float32_or_uint8(
+        tmp_path, monkeypatch, mode, orientation):
+    """`decode(path, None)` converts the stored rows a strip at a time, each
+    written into its place in the upright array: the pixels are those of
+    Pillow's `exif_transpose` and the RGB conversion on the whole image."""
+    monkeypatch.setattr(images, "_STRIP_BYTES", 4 * 37 * 4)  # 4 rows per strip
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    extra = {"transparency": 5} if mode == "P" else {}
+    path = _save(tmp_path / "photo.png", _full_size_photo(mode), exif=exif, **extra)
+    with Image.open(path) as stored:
+        expected = np.asarray(images._to_rgb(ImageOps.exif_transpose(stored)))
+    assert expected.shape == ((37, 23, 3) if orientation >= 5 else (23, 37, 3))
+    for dtype in (None, "uint8", np.uint8, "float32"):
+        x = images.decode(path, None) if dtype is None else images.decode(path, None, dtype=dtype)
+        assert x.dtype == (np.float32 if dtype is None else np.dtype(dtype))
+        assert x.flags.c_contiguous and x.flags.writeable
+        np.testing.assert_array_equal(x, expected)
+    # Resized, uint8 holds the float32 values rounded down (they are whole).
+    np.testing.assert_array_equal(images.decode(path, (9, 11), dtype="uint8"),
+                                  images.decode(path, (9, 11)).astype(np.uint8))
+
+
+def test_full_size_decode_holds_the_result_and_one_strip(tmp_path, monkeypatch):
+    """A 13000 x 13000 photo is 507 MB as uint8 and 2 GB as float32: the
+    decoded array must be the only full-size copy NumPy or Python makes (no
+    bytes of the whole image beside it). Pillow's own decoded image is not
+    traced by tracemalloc, so what is measured is this module's copies."""
+    import tracemalloc
+
+    pixels = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    path = _save(tmp_path / "photo.png", Image.fromarray(pixels), compress_level=1)
+    monkeypatch.setattr(images, "_STRIP_BYTES", 64 * 1024)
+    for kwargs in ({}, {"dtype": "uint8"}):
+        tracemalloc.start()
+        try:
+            x = images.decode(path, None, **kwargs)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        np.testing.assert_array_equal(x, pixels)
+        assert peak < x.nbytes + 2 * 2**20, (kwargs, peak, x.nbytes)
+        del x
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int32", "rgb", None])
+def test_decode_refuses_other_dtypes(tmp_path, dtype):
+    path = _save(tmp_path / "a.png")
+    with pytest.raises(ConfigError, match=rf"Received: dtype={dtype!r}"):
+        images.decode(path, None, dtype=dtype)
 
 
 def test_unreadable_files_are_one_line_image_errors_naming_the_path(tmp_path):
