@@ -12,6 +12,11 @@ body, then nothing).
 
 Every request's path and headers are recorded in `server.requests`.
 
+`FakeClock` replaces the downloader's clock (`transfer.CLOCK`): backoffs
+return at once and are recorded, and with `Server(clock=...)` a route's
+`chunk_delay` moves that clock on instead of sleeping, so a trickle takes the
+downloader's time, not the test's.
+
 Each body is served with an `ETag` (its md5) and a `Last-Modified` date, and
 honours `Range: bytes=N-` and `If-Range` as a real server does: a validator
 that is not the current body's gets the whole body (200). `validators=False`
@@ -27,6 +32,49 @@ import http.server
 import socket
 import threading
 import time
+
+
+class FakeClock:
+    """A clock for the downloader that moves only when told (`transfer.Clock`).
+
+    `sleep` records each pause in `sleeps` and moves the time on at once. A
+    server given the clock moves it by `chunk_delay` after each piece of a
+    body, once the downloader has read the time since the last move: the
+    time the downloader sees is the time its bytes would have taken, give or
+    take one piece, however busy the machine is.
+    """
+
+    def __init__(self):
+        self.time = 0.0
+        self.sleeps: list[float] = []
+        self._reads = 0
+        self._changed = threading.Condition()
+
+    def now(self) -> float:
+        with self._changed:
+            self._reads += 1
+            self._changed.notify_all()
+            return self.time
+
+    def sleep(self, seconds: float) -> None:
+        with self._changed:
+            self.sleeps.append(seconds)
+            self.time += seconds
+
+    def reads(self) -> int:
+        with self._changed:
+            return self._reads
+
+    def advance_after_read(self, seconds: float, since: int) -> int:
+        """Moves on `seconds` once the time was read more than `since` times.
+
+        Waits at most a second, so a downloader that stopped reading does
+        not hold the server. Returns the count of reads to pass next.
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: self._reads > since, timeout=1.0)
+            self.time += seconds
+            return self._reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +126,8 @@ class Route:
 class Server:
     """The running server; use as a context manager or call `close()`."""
 
-    def __init__(self):
+    def __init__(self, clock: FakeClock | None = None):
+        self.clock = clock
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._release = threading.Event()
@@ -115,7 +164,7 @@ class Server:
         """Serves `body` at `path` after the `faults`; returns the URL.
 
         The body is written `chunk_size` bytes at a time, with `chunk_delay`
-        seconds after each piece.
+        seconds after each piece (on the server's `FakeClock`, if it has one).
         """
         self.routes["/" + path.lstrip("/")] = Route(
             body,
@@ -203,10 +252,14 @@ def _handler(server: Server):
                 self.close_connection = True
                 return None
             size = route.chunk_size
+            clock = server.clock
+            seen = clock.reads() if clock is not None else 0
             for i in range(0, len(body), size):
                 self.wfile.write(body[i : i + size])
                 self.wfile.flush()
-                if route.chunk_delay:
+                if route.chunk_delay and clock is not None:
+                    seen = clock.advance_after_read(route.chunk_delay, seen)
+                elif route.chunk_delay:
                     time.sleep(route.chunk_delay)
             return None
 

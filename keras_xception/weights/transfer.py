@@ -57,6 +57,26 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NO_ROUTE = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN)
 
 
+class Clock:
+    """Where a transfer reads the time and waits out a backoff.
+
+    `CLOCK`, an instance, is what every transfer uses; tests replace it with
+    a clock of their own, so that nothing waits for a backoff and no test
+    measures elapsed time.
+    """
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Waits `seconds` (a backoff before a retry)."""
+        time.sleep(seconds)
+
+
+CLOCK = Clock()
+
+
 class _Incomplete(Exception):
     """The server closed the connection before the whole body arrived."""
 
@@ -223,8 +243,10 @@ class Transfer:
             were kept.
     """
 
-    def __init__(self, url, part: Part, *, timeout, retries, progress, ways_out):
+    def __init__(self, url, part: Part, *, timeout, retries, progress, ways_out,
+                 clock: Clock | None = None):
         self.url = url
+        self.clock = CLOCK if clock is None else clock
         self.part = part
         self.timeout = timeout
         self.retries = retries
@@ -349,7 +371,7 @@ class Transfer:
             self.progress.message(
                 f"{reason[:1].upper()}{reason[1:]}; retrying {self.url} in {pause:g} s."
             )
-            time.sleep(pause)
+            self.clock.sleep(pause)
             delay *= 2
 
     def _receive(self, response, out) -> None:
@@ -379,7 +401,7 @@ class Transfer:
         # an HTML page; `read1` returns what has arrived, so a trickle is seen.
         head = b"" if self.written == 0 else None
         window = _WINDOW_TIMEOUTS * self.timeout
-        mark, marked = time.monotonic(), self.written
+        mark, marked = self.clock.now(), self.written
         for chunk in iter(lambda: response.read1(_CHUNK), b""):
             if head is not None:
                 head += chunk
@@ -389,7 +411,7 @@ class Transfer:
                     self._check_head(head, response)
                     chunk, head = head, None
             self._write(out, chunk)
-            now = time.monotonic()
+            now = self.clock.now()
             if now - mark >= window:
                 arrived = self.written + len(head or b"") - marked
                 if arrived < _MIN_RATE * window:
