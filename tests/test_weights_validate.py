@@ -25,6 +25,7 @@ from keras_xception.weights import (
     resolve,
     verify,
 )
+from keras_xception.weights.validate import inspect
 from tests import realweights
 from tests.weights_files import keras3_file, legacy_file, xception_legacy
 from tests.weights_server import Server
@@ -73,7 +74,7 @@ def test_file_hash_is_checked(imagenet_notop_files):
     with pytest.raises(WeightsError) as err:
         verify(path, file_hash="0" * 32)
     assert "0" * 32 in message(err) and hashlib.md5(data).hexdigest() in message(err)
-    assert "download it again" in message(err)
+    assert "Download or copy it again" in message(err) and "Delete" not in message(err)
 
 
 # Damaged files.
@@ -327,3 +328,171 @@ def test_resolve_url_downloads_it(tmp_path, monkeypatch):
         got = resolve(url, include_top=False)
     assert got == tmp_path / "models" / cache.url_fname(url)
     assert len(read_weights(got, include_top=False)) == 80
+
+
+# Every kind of part of a real file damaged: one WeightsError naming the file,
+# never a traceback. The cases edit a skeleton of each real file (every group,
+# dataset and attribute, datasets without data: a few hundred kilobytes).
+# Checking a file walks all of it (about 0.15 s), so each role a group or
+# dataset plays in the file is damaged at its first, middle and last place
+# rather than all 447 (legacy) and 500 (Keras 3) of them.
+
+
+def _skeleton(source, dest):
+    """A copy of `source` with its structure and attributes but no array data."""
+
+    def copy_attrs(src, out):
+        for key, value in src.attrs.items():
+            out.attrs[key] = value
+
+    with h5py.File(source, "r") as src, h5py.File(dest, "w") as out:
+        copy_attrs(src, out)
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group):
+                made = out.require_group(name)
+            else:
+                made = out.create_dataset(name, shape=obj.shape, dtype=obj.dtype)
+            copy_attrs(obj, made)
+
+        src.visititems(visit)
+    return dest
+
+
+def _role(name, is_dataset, holds_weights) -> tuple:
+    """What a group or dataset is in the file: its depth, kind and fixed names."""
+    fixed = ("layers", "vars", "top_level_model_weights")
+    parts = tuple(part if part in fixed else "*" for part in name.split("/"))
+    return parts, is_dataset, holds_weights
+
+
+@pytest.fixture(scope="session")
+def skeletons(imagenet_notop_files, tmp_path_factory):
+    """Per layout: the skeleton file, and the parts to damage with their kinds.
+
+    Every role (see `_role`) is represented by its first, middle and last
+    member; a part is `(name, is_dataset, holds_weights)`.
+    """
+    folder = tmp_path_factory.mktemp("skeletons")
+    out = {}
+    for layout, path in imagenet_notop_files.items():
+        skeleton = _skeleton(path, folder / path.name)
+        kinds = {}
+        with h5py.File(skeleton, "r") as f:
+            f.visititems(
+                lambda name, obj: kinds.__setitem__(name, isinstance(obj, h5py.Dataset))
+            )
+        roles = {}
+        for name, is_dataset in kinds.items():
+            holds = is_dataset or any(
+                kinds[other] for other in kinds if other.startswith(name + "/")
+            )
+            roles.setdefault(_role(name, is_dataset, holds), []).append(
+                (name, is_dataset, holds)
+            )
+        parts = sorted(
+            {members[i] for members in roles.values() for i in (0, len(members) // 2, -1)}
+        )
+        out[layout] = (skeleton, parts, len(kinds))
+    return out
+
+
+def _outcome(path):
+    """`None` when both checks give one-line WeightsErrors naming `path`, else why not."""
+    problems = []
+    for call in (
+        lambda: inspect(path),
+        lambda: read_weights(path, include_top=False),
+    ):
+        try:
+            call()
+            problems.append("accepted")
+        except WeightsError as err:
+            if str(path) not in str(err) or "\n" in str(err):
+                problems.append(f"WeightsError not naming the file on one line: {err}")
+        except Exception as err:  # noqa: BLE001 - the point of the test.
+            problems.append(f"{type(err).__name__}: {err}")
+    return "; ".join(problems) or None
+
+
+def _summary_of(path):
+    summary = inspect(path)
+    return (summary.layout, summary.include_top, [layer.shapes for layer in summary.layers])
+
+
+def test_skeletons_cover_every_role_of_both_real_files(skeletons):
+    for layout, (skeleton, parts, total) in skeletons.items():
+        assert total > 400 and 10 <= len(parts) < 60, (layout, total, len(parts))
+        assert any(is_dataset for _, is_dataset, _ in parts)
+        assert any(not holds for _, _, holds in parts)
+        assert _summary_of(skeleton)[2] == [
+            e.shapes for e in architecture.weight_layout(False)
+        ]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("damage", ["wrong_kind", "removed"])
+def test_each_part_of_a_real_file_damaged_gives_one_weights_error(
+    skeletons, tmp_path, layout, damage
+):
+    skeleton, parts, _ = skeletons[layout]
+    want = _summary_of(skeleton)
+    failures = []
+    for name, is_dataset, holds_weights in parts:
+        path = shutil.copy(skeleton, tmp_path / skeleton.name)
+        with h5py.File(path, "a") as f:
+            del f[name]
+            if damage == "wrong_kind" and is_dataset:
+                f.create_group(name)
+            elif damage == "wrong_kind":
+                f.create_dataset(name, data=np.zeros(3, "float32"))
+        problem = _outcome(path)
+        if damage == "removed" and not holds_weights and problem == "accepted; accepted":
+            # An empty slot (a weightless layer's group, the model's own
+            # `vars`): Keras loads the file without it; so may the checker,
+            # if it reads the same weights.
+            if _summary_of(path) != want:
+                failures.append(f"{name}: removed, and read differently")
+        elif problem is not None:
+            failures.append(f"{name}: {problem}")
+    assert not failures, f"{len(failures)} of {len(parts)} cases:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("keep", [0, 8, 100, 2048, 0.5, -1])
+def test_a_truncated_real_file_gives_one_weights_error(
+    imagenet_notop_files, tmp_path, layout, keep
+):
+    data = imagenet_notop_files[layout].read_bytes()
+    if keep == -1:
+        cut = len(data) - 1
+    elif isinstance(keep, float):
+        cut = int(len(data) * keep)
+    else:
+        cut = keep
+    path = tmp_path / imagenet_notop_files[layout].name
+    path.write_bytes(data[:cut])
+    assert _outcome(path) is None
+
+
+@pytest.mark.parametrize(
+    ("layout", "name", "damage"),
+    [
+        ("keras3", "layers/conv2d/vars/0", "wrong_kind"),  # Once an AttributeError.
+        ("legacy", "block14_sepconv2_bn", "removed"),
+    ],
+)
+def test_xception_with_a_damaged_file_raises_weights_error(
+    skeletons, tmp_path, layout, name, damage
+):
+    from keras_xception.model import Xception
+
+    skeleton = skeletons[layout][0]
+    path = shutil.copy(skeleton, tmp_path / skeleton.name)
+    with h5py.File(path, "a") as f:
+        del f[name]
+        if damage == "wrong_kind":
+            f.create_group(name)
+    with pytest.raises(WeightsError) as err:
+        Xception(weights=str(path), include_top=False)
+    assert str(path) in message(err) and "\n" not in message(err)

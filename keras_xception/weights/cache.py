@@ -160,3 +160,16 @@ def offline() -> bool:
         f"Received: {OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r}"
     )
 
+
+def contains(path: str | os.PathLike) -> bool:
+    """Whether `path` is in one of the cache folders (`cache_dirs()`).
+
+    Only such a file may be deleted on the user's behalf, or advised to be:
+    it is the package's copy, and the next use downloads it again. A file
+    the user named anywhere else is theirs.
+    """
+    try:
+        folders = {folder.resolve() for folder in cache_dirs()}
+        return pathlib.Path(path).expanduser().absolute().parent.resolve() in folders
+    except (OSError, ValueError):  # WeightsError is a ValueError.
+        return False

@@ -21,6 +21,14 @@ HEAD_BYTES = 1024
 _CHUNK = 1 << 20
 _HEX = re.compile(r"[0-9a-f]+")
 _ALGORITHMS = {32: "md5", 64: "sha256"}
+# Image files people pass where a weights file goes, by their first bytes.
+_IMAGES = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"BM", "a BMP image"),
+)
 
 
 _KINDS = (
@@ -123,7 +131,8 @@ class ContentProblem:
     """Why a file is not a complete HDF5 file.
 
     Attributes:
-        kind: `"empty"`, `"html"`, `"zip"`, `"not_hdf5"` or `"truncated"`.
+        kind: `"empty"`, `"html"`, `"image"`, `"zip"`, `"not_hdf5"` or
+            `"truncated"`.
         what: A phrase naming what the file is, to follow "the file is" or
             "the server sent", e.g. `"an HTML page, not an HDF5 weights file
             (a login or proxy page, most likely)"`.
@@ -205,6 +214,11 @@ def content_problem(path: str | os.PathLike) -> ContentProblem | None:
                 "an HTML page, not an HDF5 weights file (a login or proxy page, "
                 "most likely)",
             )
+        image = next((words for magic, words in _IMAGES if head.startswith(magic)), None)
+        if image is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            image = "a WebP image"
+        if image is not None:
+            return ContentProblem("image", f"{image}, not an HDF5 file")
         if head.startswith(b"PK\x03\x04"):
             return ContentProblem(
                 "zip",

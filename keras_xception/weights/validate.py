@@ -27,7 +27,8 @@ import numpy as np
 
 from keras_xception import architecture
 from keras_xception.errors import WeightsError
-from keras_xception.weights import integrity, registry
+from keras_xception.checks import one_line
+from keras_xception.weights import cache, integrity, registry
 
 LEGACY = "legacy Keras 2 HDF5"
 KERAS3 = "Keras 3 .weights.h5"
@@ -98,10 +99,28 @@ class Summary:
 
 
 def _fail_file(path, what: str) -> WeightsError:
-    return WeightsError(
-        f"{path} is {what}. Delete it and download or copy the file again "
-        "(`keras-xception weights download`, or the URL it came from)."
-    )
+    """`path` is `what` (a phrase), with what to do about it.
+
+    Deleting is advised only for a file in the package's cache, which the next
+    use downloads again; a file the user named is theirs to keep.
+    """
+    if cache.contains(path):
+        advice = (
+            "It is in the weights cache: delete it, and the next use downloads "
+            "it again (`keras-xception weights download` for the official files)."
+        )
+    else:
+        advice = (
+            "It is not usable as weights: pass an Xception weights file instead "
+            "(a Keras 2 `.h5` or a Keras 3 `.weights.h5` written by "
+            "model.save_weights), or 'imagenet'; if this was one, download or "
+            "copy the file again."
+        )
+    return WeightsError(f"{path} is {what}. {advice}")
+
+
+def _malformed(path, what: str) -> WeightsError:
+    return _fail_file(path, f"a malformed weights file: {what}")
 
 
 def _open(path: pathlib.Path) -> h5py.File:
@@ -131,6 +150,9 @@ def _text(value) -> str:
 
 
 def _legacy_layers(root: h5py.Group, path) -> list[StoredLayer]:
+    top = root.get("top_level_model_weights")  # Optional, as Keras 2 reads it.
+    if top is not None and not isinstance(top, h5py.Group):
+        raise _malformed(path, "its top_level_model_weights is not a group")
     out = []
     for name in (_text(n) for n in root.attrs["layer_names"]):
         group = root.get(name)
@@ -156,18 +178,38 @@ def _legacy_layers(root: h5py.Group, path) -> list[StoredLayer]:
     return out
 
 
-def _keras3_layers(layers: h5py.Group) -> tuple[list[StoredLayer], list[str]]:
-    """Weighted layers of a Keras 3 file, and the keys of nested models."""
+def _keras3_layers(layers: h5py.Group, path) -> tuple[list[StoredLayer], list[str]]:
+    """Weighted layers of a Keras 3 file, and the keys of nested models.
+
+    A layer without a `vars` group holds no weights, as Keras reads it; any
+    other entry of the wrong kind (a dataset for a group, or the reverse)
+    makes the file malformed.
+    """
     found, nested = [], []
-    for key, group in layers.items():
+    for key in layers:
+        group = layers.get(key)
         if not isinstance(group, h5py.Group):
-            continue
+            raise _malformed(
+                path, f"{layers.name}/{key} is not a group, as a layer's entry must be"
+            )
         if isinstance(group.get("layers"), h5py.Group):
             nested.append(key)
+        if "vars" not in group:
+            continue
         variables = group.get("vars")
-        if not isinstance(variables, h5py.Group) or not len(variables):
+        if not isinstance(variables, h5py.Group):
+            raise _malformed(
+                path, f"{group.name}/vars is not a group, as a layer's weights must be"
+            )
+        if not len(variables):
             continue
         indices = sorted(variables, key=lambda i: int(i) if i.isdigit() else -1)
+        for i in indices:
+            if not isinstance(variables.get(i), h5py.Dataset):
+                raise _malformed(
+                    path,
+                    f"{variables.name}/{i} is a group where a weight's dataset should be",
+                )
         match = _KERAS3_KEY.fullmatch(key)
         kind = _KERAS3_KINDS.get(match["kind"], match["kind"])
         found.append(
@@ -237,7 +279,11 @@ def _stored(f: h5py.File, path) -> tuple[str, bool, list[StoredLayer]]:
             raise _another_architecture(path, len(found), "", [])
         return LEGACY, len(found) == n_notop + 1, found
     if isinstance(f.get("layers"), h5py.Group):
-        found, nested = _keras3_layers(f["layers"])
+        if "vars" in f and not isinstance(f.get("vars"), h5py.Group):
+            raise _malformed(
+                path, "its top-level vars is not a group, as Keras 3 writes it"
+            )
+        found, nested = _keras3_layers(f["layers"], path)
         counts = collections.Counter(layer.kind for layer in found)
         for include_top in (False, True):
             if counts == _expected_counts(include_top):
@@ -262,7 +308,18 @@ def _stored(f: h5py.File, path) -> tuple[str, bool, list[StoredLayer]]:
     )
 
 
-def _summarize(f, path, *, include_top, classes, channels, context) -> Summary:
+def _summarize(f, path, **checks) -> Summary:
+    """`_check`, with any failure of h5py on a damaged file as one `WeightsError`."""
+    try:
+        return _check(f, path, **checks)
+    except WeightsError:
+        raise
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise _malformed(path, f"reading its structure failed ({one_line(err)})") from err
+
+
+def _check(f, path, *, include_top, classes, channels, context) -> Summary:
+    """The `Summary` of an open file, checked against the model's needs."""
     layout, has_top, stored = _stored(f, path)
     first = stored[0].shapes[0] if stored[0].shapes else ()
     file_channels = first[2] if len(first) == 4 else None
@@ -379,10 +436,16 @@ def verify(path, *, include_top=None, file_hash=None) -> None:
             mismatch = integrity.hash_mismatch(path, file_hash)
             if mismatch is not None:
                 algorithm, received = mismatch
+                advice = (
+                    "It is in the weights cache: delete it and download it again."
+                    if cache.contains(path)
+                    else "Download or copy it again, or check that the digest "
+                    "is the one for this file."
+                )
                 raise WeightsError(
                     f"{path} has {algorithm} {received}, expected "
                     f"{file_hash.lower()}: the file is corrupt or not the one "
-                    "expected. Delete it and download it again."
+                    f"expected. {advice}"
                 )
         _summarize(
             f,
