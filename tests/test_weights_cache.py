@@ -38,6 +38,7 @@ from keras_xception.weights.progress import Progress
 from tests.test_weights_download import (  # noqa: F401 (fixtures)
     FNAME,
     cache,
+    clock,
     get,
     leftovers,
     payload,

@@ -12,14 +12,13 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
 from keras_xception import cli
-from keras_xception.weights import registry
+from keras_xception.weights import registry, transfer
 from tests.weights_files import h5_bytes, md5, xception_legacy
-from tests.weights_server import Server
+from tests.weights_server import FakeClock, Server
 
 NOTOP = registry.get(False)
 TOP = registry.get(True)
@@ -111,6 +110,32 @@ def test_verify_wrong_variant_prints_one_line_error(run, imagenet_notop_files):
     assert "Traceback" not in err
 
 
+def test_verify_a_photo_says_what_it_is_and_advises_no_deletion(run, kitchen_photos):
+    photo = kitchen_photos[0]
+    status, out, err = run("verify", photo)
+    assert status == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"{photo} is a JPEG image, not an HDF5 file" in err
+    assert "pass an Xception weights file instead" in err
+    assert "Delete" not in err and "delete" not in err
+    assert photo.exists()
+
+
+def test_a_damaged_file_in_the_cache_is_the_one_advised_to_be_deleted(
+    run, keras_home, tmp_path
+):
+    damaged = h5_bytes()[:50_000]
+    mine = tmp_path / "mine.h5"
+    mine.write_bytes(damaged)
+    cached = keras_home / "models" / "mine.h5"
+    cached.parent.mkdir()
+    cached.write_bytes(damaged)
+    _, _, err = run("verify", mine)
+    assert "truncated" in err and "delete" not in err.lower()
+    _, _, err = run("verify", cached)
+    assert "truncated" in err and "It is in the weights cache: delete it" in err
+
+
 def test_verify_html_file(run, tmp_path):
     page = tmp_path / "w.h5"
     page.write_text("<html><body>Please log in</body></html>")
@@ -186,14 +211,20 @@ def test_download_reports_progress_on_stderr_and_only_the_path_on_stdout(
 
 def test_download_without_network_fails_at_once_with_one_line(run, online, monkeypatch):
     monkeypatch.setenv("KERAS_XCEPTION_WEIGHTS_URL", "http://nonexistent.invalid/w/")
-    start = time.monotonic()
+    clock = FakeClock()
+    monkeypatch.setattr(transfer, "CLOCK", clock)
     status, out, err = run("download", "--no-top")
-    assert time.monotonic() - start < 5
+    assert clock.sleeps == []  # Not retried: no backoff.
     assert status == 1 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
     assert NOTOP.fname in err and "cannot be resolved" in err
-    for way_out in ("--weights PATH", "KERAS_XCEPTION_WEIGHTS_URL", "KERAS_XCEPTION_OFFLINE=1"):
+    for way_out in (
+        "pass the path of a local weights file instead of 'imagenet'",
+        "KERAS_XCEPTION_WEIGHTS_URL",
+        "KERAS_XCEPTION_OFFLINE=1",
+    ):
         assert way_out in err
+    assert "--weights" not in err  # `weights download` has no such option.
 
 
 def test_download_into_a_cache_dir_under_a_file_fails_before_any_request(
@@ -224,8 +255,13 @@ def test_download_offline_names_the_three_ways_out_on_one_line(run, keras_home):
     assert status == 1 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
     assert NOTOP.fname in err and str(keras_home / "models" / NOTOP.fname) in err
-    for way_out in ("--weights PATH", "KERAS_XCEPTION_WEIGHTS_URL", "KERAS_XCEPTION_OFFLINE=1"):
+    for way_out in (
+        "pass the path of a local weights file instead of 'imagenet'",
+        "KERAS_XCEPTION_WEIGHTS_URL",
+        "KERAS_XCEPTION_OFFLINE=1",
+    ):
         assert way_out in err
+    assert "--weights" not in err  # `weights download` has no such option.
 
 
 def test_path_with_keras_home_a_file_fails_with_one_line(run, monkeypatch, tmp_path):

@@ -48,13 +48,22 @@ class CachedFileWarning(UserWarning):
     """A cached weights file failed its check and is being downloaded again."""
 
 
-def _ways_out(fname: str, target: pathlib.Path, *, official: bool) -> str:
+def _local_file(given: str) -> str:
+    """How to use a local file instead, in terms true for every caller.
+
+    `download` and `fetch` are called from Python and from several commands,
+    each with its own way (or none) to take a file, so the advice names the
+    value the caller gave (`'imagenet'`, the URL), never an option.
+    """
+    return f"pass the path of a local weights file instead of {given}"
+
+
+def _ways_out(fname: str, target: pathlib.Path, *, official: bool, given: str) -> str:
     """The ways to do without this download, for a machine without network."""
     mirror = f"set {urls.MIRROR_ENV} to a mirror you can reach, " if official else ""
     return (
-        f"Without network access: use a local file (--weights PATH on the command "
-        f"line, weights=PATH in Python), {mirror}or copy {fname} to {target} and "
-        f"set {cache.OFFLINE_ENV}=1 to never use the network."
+        f"Without network access: {_local_file(given)}, {mirror}or copy {fname} "
+        f"to {target} and set {cache.OFFLINE_ENV}=1 to never use the network."
     )
 
 
@@ -227,9 +236,14 @@ def _combined(fname, errors, ways_out) -> WeightsError:
 
 
 def _obtain(
-    fname, sources, *, file_hash, cache_dir, timeout, retries, progress, official
+    fname, sources, *, file_hash, cache_dir, timeout, retries, progress, official,
+    given,
 ) -> pathlib.Path:
-    """The verified cached `fname`, downloaded from the first of `sources` that works."""
+    """The verified cached `fname`, downloaded from the first of `sources` that works.
+
+    `given` names what the caller asked for (`"'imagenet'"`, `"the URL"`), for
+    the advice on doing without the network.
+    """
     if file_hash is not None:
         integrity.hash_algorithm(file_hash)  # Reject a malformed digest first.
     check_progress(progress)
@@ -256,10 +270,9 @@ def _obtain(
             else ""
         )
         raise WeightsError(
-            f"{cache.OFFLINE_ENV}=1 forbids downloading, and {state}. Use a local "
-            "file (--weights PATH on the command line, weights=PATH in Python), "
-            f"{mirror}or download {fname} from {sources[0]} on a machine with network "
-            f"access and copy it to {target}."
+            f"{cache.OFFLINE_ENV}=1 forbids downloading, and {state}. To go on: "
+            f"{_local_file(given)}, {mirror}or download {fname} from {sources[0]} "
+            f"on a machine with network access and copy it to {target}."
         )
     for path, problem in bad:
         if path != target:
@@ -268,7 +281,7 @@ def _obtain(
             )
     progress = Progress(progress)
     _make_folder(folder)
-    ways_out = _ways_out(fname, target, official=official)
+    ways_out = _ways_out(fname, target, official=official, given=given)
     with _locked(target, progress):
         if target.is_file():  # Written while we waited, or the bad copy.
             problem = _cached_problem(target, file_hash)
@@ -374,6 +387,7 @@ def download(
         retries=retries,
         progress=progress,
         official=entry is not None,
+        given="the URL",
     )
 
 
@@ -413,4 +427,5 @@ def fetch(include_top=True, *, cache_dir=None, progress=True) -> pathlib.Path:
         retries=DEFAULT_RETRIES,
         progress=progress,
         official=True,
+        given="'imagenet'",
     )
