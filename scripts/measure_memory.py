@@ -1,4 +1,4 @@
-"""Peak memory of `keras-xception classify` and `embed`, measured in a subprocess.
+"""Peak memory of `keras-xception classify`, `embed` and `explain`, measured in a subprocess.
 
 Generates photos in a temporary folder, runs the command line on them in a
 child process and reports that child's peak resident set size (Linux
@@ -13,7 +13,13 @@ measurements:
   model's activations grow with the batch, which is why classify caps it;
 - `embed`: `keras-xception embed FOLDER --output DIR --engine local` on the
   folders of `--counts` photos: results are written shard by shard, so the
-  peak should not grow with the number of images either.
+  peak should not grow with the number of images either;
+- `explain`: `keras-xception explain PHOTO --output DIR` on one generated
+  W x H PNG per `--explain-sizes` entry (default 6000x6000). A PNG cannot be
+  decoded at a reduced scale, and the overlay PNG is written at the photo's
+  full size, so this is the pipeline's worst case: the photo is held at full
+  size once, as uint8. A 13000x13000 photo (507 MiB of RGB) should stay under
+  2.5 GB.
 
 Photos are generated in a separate process: on Linux a child's `ru_maxrss`
 includes the memory of the process it was started from (`subprocess` starts
@@ -29,6 +35,7 @@ classifier is saved to the temporary folder and used (no download); pass
     python scripts/measure_memory.py folder --counts 100 200
     python scripts/measure_memory.py batch --batch-sizes 8 64
     python scripts/measure_memory.py embed --counts 500 2000
+    python scripts/measure_memory.py explain --explain-sizes 6000x6000 13000x13000
 
 Prints one line per run: what was classified, the exit status, the wall time
 and the peak RSS in MiB.
@@ -57,7 +64,7 @@ def write_random_weights(path: pathlib.Path) -> pathlib.Path:
 
 
 def write_photo(path: pathlib.Path, width: int, height: int, seed: int) -> None:
-    """A smooth colour gradient with some noise, saved as a JPEG."""
+    """A smooth colour gradient with some noise, saved as a JPEG (or a PNG if `path` says so)."""
     import numpy as np
     from PIL import Image
 
@@ -71,7 +78,12 @@ def write_photo(path: pathlib.Path, width: int, height: int, seed: int) -> None:
         b = 128 + 64 * np.sin((x + y) / 50.0)
         band = np.stack([r, g, b], axis=-1) + rng.normal(0, 8, (len(y), width, 3))
         rows.append(np.clip(band, 0, 255).astype(np.uint8))
-    Image.fromarray(np.concatenate(rows)).save(path, quality=90)
+    picture = Image.fromarray(np.concatenate(rows))
+    del rows
+    if path.suffix.lower() == ".png":
+        picture.save(path, compress_level=1)  # Fast: the file's size does not matter.
+    else:
+        picture.save(path, quality=90)
 
 
 def write_photo_elsewhere(path: pathlib.Path, width: int, height: int, seed: int) -> None:
@@ -124,9 +136,23 @@ def report(what: str, args: list[str]) -> None:
     print(line, flush=True)
 
 
+def dimensions(text: str) -> tuple[int, int]:
+    """`WxH` as `(width, height)`."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        width = height = 0
+    if min(width, height) < 1:
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT, e.g. 6000x6000. Received: {text!r}")
+    return width, height
+
+
+MEASUREMENTS = ("large", "folder", "batch", "embed", "explain")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="*", metavar="large|folder|batch|embed",
+    parser.add_argument("what", nargs="*", metavar="|".join(MEASUREMENTS),
                         help="measurements to run (default: all)")
     parser.add_argument("--side", type=int, default=12000,
                         help="side of the large photo (default: 12000)")
@@ -136,11 +162,14 @@ def main(argv=None) -> int:
                         help="batch sizes (default: 8 32 64)")
     parser.add_argument("--batch-images", type=int, default=128,
                         help="photos in the batch-size folder (default: 128)")
+    parser.add_argument("--explain-sizes", type=dimensions, nargs="+", default=[(6000, 6000)],
+                        metavar="WxH",
+                        help="PNG photos for explain (default: 6000x6000)")
     parser.add_argument("--weights", default=None,
                         help="weights file with the top (default: random weights)")
     args = parser.parse_args(argv)
-    what = args.what or ["large", "folder", "batch", "embed"]
-    unknown = set(what) - {"large", "folder", "batch", "embed"}
+    what = args.what or list(MEASUREMENTS)
+    unknown = set(what) - set(MEASUREMENTS)
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
 
@@ -174,6 +203,13 @@ def main(argv=None) -> int:
             for size in args.batch_sizes:
                 report(f"{args.batch_images} photos, --batch-size {size}",
                        ["classify", folder, "--batch-size", str(size), *common])
+        if "explain" in what:
+            for width, height in args.explain_sizes:
+                photo = root / f"explain_{width}x{height}.png"
+                write_photo_elsewhere(photo, width, height, seed=0)
+                report(f"explain one {width}x{height} PNG",
+                       ["explain", photo, "--output", root / "explained", *common])
+                photo.unlink()
     import resource
 
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -364,6 +364,93 @@ def test_overlay_rejects_bad_arguments():
         overlay(photo, np.zeros((2, 2, 1)))
 
 
+def _whole_image_overlay(image, heatmap, alpha):
+    """`overlay` as it was first written: every step on the whole photo."""
+    from keras_xception.explain import viridis
+
+    picture = np.asarray(image)
+    height, width = picture.shape[:2]
+    heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    resized = Image.fromarray(heat, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    levels = np.rint(np.clip(np.asarray(resized), 0.0, 1.0) * 255).astype(np.intp)
+    colour = viridis()[levels].astype(np.float32)
+    blend = (1.0 - alpha) * picture.astype(np.float32) + alpha * colour
+    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (299, 299), (1031, 517), (2, 3000)])
+@pytest.mark.parametrize("heat_size", [(10, 10), (3, 17)])
+@pytest.mark.parametrize("strip", [None, 997])
+def test_overlay_equals_blending_the_whole_photo(size, heat_size, strip, monkeypatch):
+    """Strip by strip, the pixels are those of resizing the map to the
+    whole photo with Pillow and blending whole arrays, within 1 (seen: 0),
+    on odd sizes, a photo smaller than the map, and photos of several strips:
+    1031 x 517 is 3 strips of the default size (507 rows; the last short);
+    with strips of 997 pixels, most photos are many strips of a few rows."""
+    if strip is not None:
+        from keras_xception import explain
+
+        monkeypatch.setattr(explain, "_STRIP_PIXELS", strip)
+    rng = np.random.default_rng(size[0] * 7 + heat_size[1])
+    photo = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    heat = rng.uniform(-0.2, 1.2, heat_size).astype(np.float32)  # Clipped.
+    for alpha in (0.0, 0.4, 0.77, 1.0):
+        for image in (photo, photo.astype(np.float32) + 0.3, photo.astype(np.float64)):
+            got = overlay(image, heat, alpha)
+            assert got.dtype == np.uint8 and got.shape == photo.shape
+            difference = np.abs(got.astype(int) - _whole_image_overlay(image, heat, alpha))
+            assert difference.max() <= 1, (alpha, image.dtype)
+
+
+def test_overlay_writes_into_out_which_may_be_the_photo():
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    kept = photo.copy()
+    heat = rng.uniform(0, 1, (10, 10)).astype(np.float32)
+    expected = _whole_image_overlay(photo, heat, 0.4)
+    assert np.array_equal(overlay(photo, heat), expected)
+    assert np.array_equal(photo, kept)  # The photo is left as it was.
+    target = np.zeros_like(photo)
+    assert overlay(photo, heat, out=target) is target
+    assert np.array_equal(target, expected)
+    assert overlay(photo, heat, out=photo) is photo  # In place.
+    assert np.array_equal(photo, expected)
+
+
+def test_overlay_needs_no_memory_of_the_photos_size_but_its_result():
+    """A 13000 x 13000 photo is 507 MB as uint8 and 2 GB per float32 copy:
+    `overlay` holds its uint8 result and a few MB of one strip, and nothing
+    more when it draws on the photo in place."""
+    import tracemalloc
+
+    photo = np.random.default_rng(4).integers(0, 256, (2000, 2500, 3), dtype=np.uint8)
+    heat = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
+    strip = 16 * 2**20
+    for out in (None, photo):
+        tracemalloc.start()
+        try:
+            if out is None:
+                overlay(photo, heat, 0.4)
+            else:
+                overlay(photo, heat, 0.4, out=out)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < (photo.nbytes if out is None else 0) + strip, (peak, photo.nbytes)
+
+
+def test_overlay_refuses_an_out_it_cannot_write():
+    photo = np.zeros((8, 8, 3), np.uint8)
+    heat = np.zeros((2, 2))
+    read_only = np.zeros_like(photo)
+    read_only.flags.writeable = False
+    for out, shown in [(np.zeros((8, 8, 3), np.float32), "dtype float32"),
+                       (np.zeros((8, 9, 3), np.uint8), r"shape \(8, 9, 3\)"),
+                       (read_only, "read-only"), ([0], "list")]:
+        with pytest.raises(ConfigError, match=rf"Received: out=.*{shown}"):
+            overlay(photo, heat, out=out)
+
+
 # --- JAX ------------------------------------------------------------------------------
 
 JAX_SCRIPT = textwrap.dedent("""
