@@ -10,7 +10,10 @@
   `runtime_info`;
 - `openvino`, `onnxruntime`: optional runtimes (extras), each imported only
   inside its module;
-- `cpu`: native bf16 from the CPU's flags; `guard`: the accuracy guard.
+- `cpu`: native bf16 from the CPU's flags; `guard`: the accuracy guard;
+- `inputs`: what the fast `predict` checks in its input batch (shape,
+  emptiness) and guarantees for it (NaN out for an image with NaN or
+  infinity in, whatever the runtime).
 
 Every runtime module offers the same small interface: `NAME`, `label()`,
 `native_bf16(flags)`, `threads()` and `compile(model, precision)`.
