@@ -205,10 +205,10 @@ def _build(contestant, model):
 
 def _worker(config):
     """Serves measurement rounds for one contestant over stdin/stdout."""
-    from keras_xception.cli import _runtime
+    from keras_xception import tfenv
 
     # TensorFlow's start-up lines, filtered as the command line does.
-    _runtime.install()
+    tfenv.install()
     import keras
     import numpy as np
 
@@ -385,9 +385,15 @@ def _check_request(only, weights):
                 "--weights must be a no-top Xception weights file (.h5). "
                 f"Received: --weights {weights!r}"
             )
-        from keras_xception.weights.validate import inspect
+        from keras_xception.source import WEIGHTS, open_source
 
-        inspect(weights, include_top=False)
+        src = open_source(weights)
+        if src.kind != WEIGHTS or src.has_top:
+            raise WeightsError(
+                "--weights must be a no-top Xception weights file (.h5); "
+                f"{weights!r} holds {'a .keras model' if src.kind != WEIGHTS else 'the classifier top'}. "
+                f"Received: --weights {weights!r}"
+            )
 
 
 def _available_gib():

@@ -81,7 +81,7 @@ Attributes:
     heatmaps: float32 `(N, h, w)`, each scaled to [0, 1] (see `grad_cam`).
     class_indices: int64 `(N,)`, the class explained for each image.
     logits: float32 `(N, classes)`, the class scores before the final
-        activation (see `class_scores`).
+        activation (see `logits_to_outputs`).
 """
 
 
@@ -446,12 +446,11 @@ def explain_batch(model, images, class_index=None, layer_name=None) -> Explanati
                        np.asarray(chosen, np.int64), np.asarray(logits, np.float32))
 
 
-def class_scores(model, logits) -> np.ndarray:
-    """The model's scores for `logits`: its final activation, or a softmax.
+def logits_to_outputs(model, logits) -> np.ndarray:
+    """The model's own outputs for `logits`: its final activation applied.
 
-    A model whose last layer has a softmax (or another activation) gets that
-    activation back; a model that outputs logits gets their softmax, so a
-    score is always a probability.
+    `keras_xception.source.probabilities` then makes them probabilities by
+    the score rule every command shares.
 
     Args:
         model: The model the logits come from.
@@ -464,7 +463,7 @@ def class_scores(model, logits) -> np.ndarray:
 
     _, activation = _score_fn(_final_op(model))
     if activation is None:
-        activation = ops.softmax
+        return np.asarray(logits, np.float32)
     return np.asarray(ops.convert_to_numpy(activation(ops.convert_to_tensor(logits))),
                       np.float32)
 

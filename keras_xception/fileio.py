@@ -15,7 +15,9 @@ saved models, checkpoints, exports, batch results) goes through here:
 
 A process killed with SIGKILL cannot clean up: its temporary name (which
 starts with `.` and ends with `.tmp`) may stay behind, but never the final
-path. `stale_temporaries` finds such leftovers.
+path. A temporary's name carries the host and process that wrote it, so
+`remove_dead_temporaries`, called by the next run of the same command,
+removes those whose process has ended; `stale_temporaries` lists them all.
 
 Cancelling: once `cancel_event` is set (the command line sets it when Ctrl-C
 is pressed), `publish` raises `KeyboardInterrupt` instead of renaming, so
@@ -30,7 +32,9 @@ import contextlib
 import errno
 import os
 import pathlib
+import re
 import shutil
+import socket
 import tempfile
 import threading
 
@@ -116,9 +120,19 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
     return path
 
 
+def _owner() -> str:
+    """This process as a temporary's name records it: `<host>-<pid>`."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _temporary_prefix(path: pathlib.Path) -> str:
+    return f".{path.name}.{_owner()}."
+
+
 def _temporary_name(path: pathlib.Path, suffix: str) -> pathlib.Path:
     fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX + suffix
+        dir=path.parent, prefix=_temporary_prefix(path), suffix=TEMP_SUFFIX + suffix
     )
     os.close(fd)
     return pathlib.Path(name)
@@ -200,7 +214,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "", directory=False, o
     path = pathlib.Path(path)
     if directory:
         tmp = pathlib.Path(
-            tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+            tempfile.mkdtemp(dir=path.parent, prefix=_temporary_prefix(path),
+                             suffix=TEMP_SUFFIX)
         )
     else:
         tmp = _temporary_name(path, suffix)
@@ -258,3 +273,53 @@ def stale_temporaries(folder: str | os.PathLike, name: str) -> list[pathlib.Path
         p for p in folder.iterdir()
         if p.name.startswith(prefix) and TEMP_SUFFIX in p.name[len(prefix):]
     )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # Another user's process (EPERM): alive.
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: str | os.PathLike, *, any_name: bool = False) -> list[pathlib.Path]:
+    """Removes the temporaries beside `path` whose writer has ended.
+
+    Only temporaries written on this host by a process that no longer runs
+    are removed; a live writer's, another host's (a shared file system) and
+    those of older versions (whose names record no process) are kept.
+
+    Args:
+        path: The final file or folder a command writes.
+        any_name: Remove such temporaries of every file in `path`'s folder,
+            not only `path`'s (for a folder of checkpoints or shards).
+
+    Returns:
+        The temporaries removed.
+    """
+    path = pathlib.Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        return []
+    owner = _owner()
+    host = owner.rsplit("-", 1)[0]
+    marker = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.[^.]+" + re.escape(TEMP_SUFFIX))
+    prefix = f".{path.name}."
+    removed = []
+    for tmp in folder.iterdir():
+        name = tmp.name
+        if not name.startswith("." if any_name else prefix):
+            continue
+        match = marker.search(name, 1 if any_name else len(prefix) - 1)
+        if match is None or match.group("host") != host:
+            continue
+        pid = int(match.group("pid"))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+            removed.append(tmp)
+    return sorted(removed)

@@ -15,7 +15,7 @@ from keras import layers
 
 from keras_xception import architecture
 from keras_xception.errors import ConfigError, WeightsError
-from keras_xception.weights.downloader import is_url
+from keras_xception.weights.urls import is_url
 
 POOLING_MODES = (None, "avg", "max")
 

@@ -33,10 +33,6 @@ from keras_xception.training.saving import (
     save_classifier,
 )
 
-# Names used inside the package before the split.
-_base_of = base_of
-_block_index = block_index
-
 __all__ = [
     "BASE_NAME",
     "BLOCK_NAMES",
@@ -46,6 +42,8 @@ __all__ = [
     "FINE_TUNE_LEARNING_RATE",
     "HEAD_LEARNING_RATE",
     "METADATA_FILE",
+    "base_of",
+    "block_index",
     "build_classifier",
     "epoch_progress",
     "fit_classifier",

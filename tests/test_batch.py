@@ -417,8 +417,6 @@ def test_no_output_is_written_until_every_check_passes(small_classifier, kitchen
     assert not output.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="until batch._model_spec checks --top against the "
-                   "model's classes (the shared model source); then remove this mark")
 def test_a_top_above_the_class_count_writes_nothing_so_the_corrected_rerun_runs(
         small_classifier, kitchen_photos, tmp_path):
     from keras_xception import batch

@@ -67,7 +67,9 @@ def test_json_for_a_folder(folder, top_weights):
     ]  # notes.txt is not an image: not read
     for result in results:
         predictions = result["predictions"]
-        assert [sorted(p) for p in predictions] == [["label", "score", "synset"]] * 3
+        assert [sorted(p) for p in predictions] == [
+            ["class_index", "label", "score", "synset"]] * 3
+        assert result["score_rule"] == "the model's softmax"
         scores = [p["score"] for p in predictions]
         assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
         assert all(p["synset"].startswith("n") for p in predictions)

@@ -98,7 +98,7 @@ def test_imagenet_model_top_classes(kitchen_photos, imagenet_notop_arrays, tmp_p
     (["--output", "{file}"], "--output must be a folder"),
     (["--output", "{dir}", "--alpha", "2"], "argument --alpha: must be a number from 0 to 1"),
     (["--output", "{dir}", "--top", "2", "--class", "3"], "not allowed with argument"),
-    (["--output", "{dir}", "--model", "{file}"], "is not a .keras model file"),
+    (["--output", "{dir}", "--model", "{file}"], "is not a readable .keras model file"),
 ])
 def test_bad_arguments_are_one_line_before_any_work(kitchen_photos, tmp_path, args, message):
     afile = tmp_path / "file.keras"
@@ -112,29 +112,34 @@ def test_bad_arguments_are_one_line_before_any_work(kitchen_photos, tmp_path, ar
 
 
 def test_class_names_indexes_and_synsets_resolve():
-    from keras_xception.cli.explain import resolve_class
     from keras_xception.errors import ConfigError
+    from keras_xception.pipelines import resolve_class
     from keras_xception.preprocessing import imagenet_classes
+    from keras_xception.source import Source
 
-    synsets = [s for s, _ in imagenet_classes()]
-    labels = [label for _, label in imagenet_classes()]
-    assert resolve_class("281", 1000, labels, synsets) == 281
-    assert resolve_class("tabby", 1000, labels, synsets) == 281
-    assert resolve_class("n02123045", 1000, labels, synsets) == 281
-    assert resolve_class("Egyptian_Cat", 1000, labels, synsets) == labels.index("Egyptian_cat")
+    def src(classes, names, synsets):
+        return Source("m", "keras", "/m", "0", True, classes, names, synsets, (299, 299))
+
+    synsets = tuple(s for s, _ in imagenet_classes())
+    labels = tuple(label for _, label in imagenet_classes())
+    imagenet = src(1000, labels, synsets)
+    assert resolve_class("281", imagenet) == 281
+    assert resolve_class("tabby", imagenet) == 281
+    assert resolve_class("n02123045", imagenet) == 281
+    assert resolve_class("Egyptian_Cat", imagenet) == labels.index("Egyptian_cat")
     with pytest.raises(ConfigError, match=r"'crane' names 2 classes \(134, 517\)"):
-        resolve_class("crane", 1000, labels, synsets)
+        resolve_class("crane", imagenet)
     with pytest.raises(ConfigError, match=r"from 0 to 999.*'1000'"):
-        resolve_class("1000", 1000, labels, synsets)
+        resolve_class("1000", imagenet)
     with pytest.raises(ConfigError, match=r"no class names saved.*from 0 to 5.*'cup'"):
-        resolve_class("cup", 6, None, None)
-    assert resolve_class("spoon", 3, ("cup", "fork", "spoon"), None) == 2
+        resolve_class("cup", src(6, None, None))
+    assert resolve_class("spoon", src(3, ("cup", "fork", "spoon"), None)) == 2
 
 
 def test_png_names_never_collide(tmp_path):
     """Names follow the photo's path below a folder argument; a name taken
     already (ignoring case, for case-insensitive file systems) gets -2, -3."""
-    from keras_xception.cli.explain import find_jobs, png_name
+    from keras_xception.pipelines import find_jobs, png_name
 
     for name in ("a/X.jpg", "a/x.png", "a/sub/x.jpg", "b/x.jpg", "b/x-2.jpg"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

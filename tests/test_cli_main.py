@@ -11,7 +11,8 @@ import zipfile
 import pytest
 
 from keras_xception import __version__
-from keras_xception.cli import _args, _runtime
+from keras_xception import tfenv
+from keras_xception.cli import _args
 from tests import commandline
 
 
@@ -110,16 +111,14 @@ def test_tensorflow_start_up_lines_are_not_shown(tmp_path, onednn):
     # imported before loading it fails: stderr is that failure alone.
     model = tmp_path / "model.keras"
     with zipfile.ZipFile(model, "w") as archive:
-        archive.writestr("config.json", "{not json")
+        archive.writestr("config.json", '{"class_name": "NoSuchLayer", "config": {}}')
         archive.writestr("model.weights.h5", b"")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["TF_ENABLE_ONEDNN_OPTS"] = onednn
     done = commandline.run("export", model, tmp_path / "out", env=env)
     assert done.returncode == 1
-    assert done.stderr == (
-        f"error: Cannot load the Keras model {model}: Expecting property name "
-        "enclosed in double quotes: line 1 column 2 (char 1)\n"
-    )
+    assert done.stderr.startswith(f"error: Cannot load the Keras model {model}: ")
+    assert done.stderr.count("\n") == 1, done.stderr
 
 
 # What TensorFlow 2.21 writes while it is imported with oneDNN on.
@@ -148,51 +147,45 @@ START_UP = [
     (3, [6, 7]),
 ])
 def test_line_filter_follows_the_log_level_and_shows_each_message_once(level, shown):
-    keep = _runtime.LineFilter(level)
+    keep = tfenv.LineFilter(level)
     assert [i for i, line in enumerate(START_UP) if keep(line)] == shown
 
 
 def test_filtered_stderr_passes_other_lines_through(capfd):
-    with _runtime.filtered_stderr(_runtime.LineFilter(2)):
+    with tfenv.filtered_stderr(tfenv.LineFilter(2)):
         for line in START_UP[:2] + [b"a line of our own\n"]:
             os.write(2, line)
     assert capfd.readouterr().err == "a line of our own\n"
 
 
-@pytest.mark.parametrize("parse, text, message", [
-    (_args.positive_int, "0", "must be a positive integer. Received: '0'"),
-    (_args.positive_int, "2.5", "must be a positive integer. Received: '2.5'"),
-    (_args.non_negative_int, "-1", "must be an integer of 0 or more. Received: '-1'"),
-    (_args.fraction, "1", "Received: '1'"),
-    (_args.fraction, "nan", "Received: 'nan'"),
-])
-def test_numbers_out_of_range_are_refused(parse, text, message):
-    with pytest.raises(argparse.ArgumentTypeError, match=message):
-        parse(text)
+@pytest.mark.parametrize("text", ["0", "2.5", "-1", "many"])
+def test_numbers_out_of_range_are_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=f"must be a positive integer. Received: '{text}'"):
+        _args.positive_int(text)
 
 
-def test_numbers_in_range_are_returned():
-    assert (_args.positive_int("3"), _args.non_negative_int("0"),
-            _args.fraction("0.25")) == (3, 0, 0.25)
+def test_one_positive_integer_rule_for_the_library():
+    import numpy as np
+
+    from keras_xception.checks import positive_int
+    from keras_xception.errors import ConfigError
+
+    assert _args.positive_int("3") == 3
+    assert positive_int(np.int64(4), "batch_size") == 4
+    assert type(positive_int(np.int32(4), "batch_size")) is int
+    for value in (True, 0, -1, 2.0, "3", None, np.float32(2)):
+        with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+            positive_int(value, "batch_size")
+    with pytest.raises(ConfigError, match=r"--top must be an integer from 1 to 1000. "
+                                          r"Received: --top 1001"):
+        positive_int(1001, "--top", maximum=1000)
 
 
-def test_paths_say_what_is_wrong(tmp_path):
+def test_output_paths_say_what_is_wrong(tmp_path):
     (tmp_path / "file").write_text("x")
-    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
-    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
-    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
-    for parse, name, words in [
-        (_args.existing_file, "missing", "no such file"),
-        (_args.existing_file, ".", "is a folder, not a file"),
-        (_args.existing_file, "dangling", "symbolic link to nothing"),
-        (_args.existing_file, "loop", "loop of symbolic links"),
-        (_args.existing_dir, "file", "is not a folder"),
-        (_args.output_path, "file/out", "is a file, not a folder"),
-    ]:
-        with pytest.raises(argparse.ArgumentTypeError, match=words):
-            parse(str(tmp_path / name))
-    assert _args.existing_file(str(tmp_path / "file")) == tmp_path / "file"
-    assert _args.existing_dir(str(tmp_path)) == tmp_path
+    with pytest.raises(argparse.ArgumentTypeError, match="is a file, not a folder"):
+        _args.output_path(str(tmp_path / "file" / "out"))
     assert _args.output_path(str(tmp_path / "new" / "out")) == tmp_path / "new" / "out"
 
 

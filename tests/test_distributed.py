@@ -11,7 +11,7 @@ import zipfile
 import keras
 import pytest
 
-from keras_xception import distributed
+from keras_xception.training import distributed, launcher
 from keras_xception.errors import ConfigError, XceptionError
 from tests.test_fine_tune_cli import cli, make_dataset
 
@@ -81,7 +81,7 @@ def test_strategy_names(monkeypatch):
 
 
 def test_local_tf_configs_use_distinct_loopback_ports():
-    configs = distributed.local_tf_configs(3)
+    configs = launcher.local_tf_configs(3)
     addresses = configs[0]["cluster"]["worker"]
     assert len(set(addresses)) == 3
     assert all(a.startswith("127.0.0.1:") for a in addresses)
@@ -101,7 +101,7 @@ def test_a_failed_worker_is_named_and_the_others_are_stopped():
         "time.sleep(120)\n"
     )
     with pytest.raises(XceptionError) as raised:
-        distributed.launch_local_workers([sys.executable, "-c", script], 2, timeout=60)
+        launcher.launch_local_workers([sys.executable, "-c", script], 2, timeout=60)
     message = str(raised.value)
     assert "Worker 1 of 2 failed with exit status 3" in message
     assert "worker one cannot read its shard" in message

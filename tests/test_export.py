@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_xception import Xception
-from keras_xception.cli.export import export
+from keras_xception.export import export
 from keras_xception.inference import optimize_for_inference
 from keras_xception.preprocessing import load_image, preprocess_input
 from tests import commandline

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_xception import architecture, build_classifier, data, unfreeze
+from keras_xception import architecture, build_classifier, unfreeze
+from keras_xception.training import data
 from keras_xception.errors import ConfigError
 from keras_xception.preprocessing import load_image, preprocess_input
 from keras_xception.transfer import (

@@ -39,14 +39,10 @@ import importlib.metadata
 import importlib.util
 import os
 
-from keras_xception.batch.models import (
-    CLASSIFY,
-    KINDS,
-    ModelSpec,
-    file_sha256,
-    result_schema,
-)
+from keras_xception.batch.models import CLASSIFY, KINDS, ModelSpec, result_schema
 from keras_xception.batch.sources import DEFAULT_PATH_COLUMN, DEFAULT_SHARD_SIZE
+from keras_xception.checks import MAX_TOP as TOP_MAX
+from keras_xception.checks import positive_int
 from keras_xception.errors import ConfigError
 
 __all__ = ["AUTO_LOCAL_MAX", "ENGINES", "run"]
@@ -57,7 +53,6 @@ ENGINES = ("auto", "local", "ray")
 # its actors costs more than it saves on a small job.
 AUTO_LOCAL_MAX = 10_000
 
-TOP_MAX = 1000
 
 _VERSIONS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "pillow",
              "pyarrow", "ray")
@@ -111,31 +106,14 @@ def _versions() -> dict:
 
 
 def _model_spec(kind, weights, model_path, precision, top, stream) -> ModelSpec:
-    from keras_xception.weights.validate import inspect as inspect_weights
+    """The job's model, checked (with `top`) before anything is written."""
+    from keras_xception.source import open_source
 
-    if model_path is not None:
-        from keras_xception.training.saving import read_metadata
-
-        path = os.fspath(model_path)
-        if not os.path.isfile(path):
-            raise ConfigError(f"No such model file: {path!r}. Received: --model {path!r}")
-        read_metadata(path)  # A readable .keras archive, before any work.
-        return ModelSpec(kind, model_path=os.path.abspath(path), precision=precision,
-                         top=top, sha256=file_sha256(path))
-    from keras_xception.weights import resolve
-
-    path = resolve(weights, include_top=kind == CLASSIFY, progress=stream)
-    summary = inspect_weights(path)
-    if kind == CLASSIFY and not summary.include_top:
-        from keras_xception.errors import WeightsError
-
-        raise WeightsError(
-            f"{path} holds Xception weights without the classifier top, which "
-            "classify needs: pass weights with the top, or a fine-tuned model "
-            "with --model."
-        )
-    return ModelSpec(kind, weights=os.path.abspath(path), precision=precision, top=top,
-                     sha256=file_sha256(path))
+    given = weights if model_path is None else model_path
+    source = open_source(given, need_top=kind == CLASSIFY, progress=stream)
+    if kind == CLASSIFY:
+        top = source.check_top(top)
+    return ModelSpec(kind, source, precision=precision, top=top)
 
 
 def run(
@@ -148,7 +126,7 @@ def run(
     batch_size=8,
     weights="imagenet",
     model_path=None,
-    top=5,
+    top=None,
     precision="float32",
     path_column=DEFAULT_PATH_COLUMN,
     shard_size=DEFAULT_SHARD_SIZE,
@@ -174,7 +152,8 @@ def run(
             or a full file (its base is used).
         model_path: A `.keras` model file instead of `weights` (a fine-tuned
             classifier from `keras-xception fine-tune`).
-        top: Classes per image for `classify`, 1 to 1000.
+        top: Classes per image for `classify`, 1 to 1000 and at most the
+            model's classes; `None` for 5 (or all of a model's fewer classes).
         precision: `"float32"` (default), `"bfloat16"` or `"auto"`, passed
             to `optimize_for_inference(precision=...)`. Results of different
             precisions are never mixed in one output.
@@ -208,8 +187,8 @@ def run(
     checks.require("batch", kind)
     if kind not in KINDS:
         raise ConfigError(f"`kind` must be one of {', '.join(KINDS)}. Received: kind={kind!r}")
-    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= TOP_MAX:
-        raise ConfigError(f"--top must be from 1 to {TOP_MAX}. Received: --top {top!r}")
+    if top is not None:
+        positive_int(top, "--top", maximum=TOP_MAX)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(
             f"--batch-size must be a positive integer. Received: --batch-size {batch_size!r}"

@@ -3,45 +3,35 @@
 A `ModelSpec` says what to build and is small and picklable, so each of
 Ray's model actors builds its own copy from it; `Predictor` is the built
 model: it takes a batch of decoded images and returns the result columns.
+Both read the model through `keras_xception.source`, as every command does.
 
 - `embed`: the 2048-d output of the Xception base after global average
-  pooling, i.e. `Xception(include_top=False, pooling="avg")`. `--weights`
-  may be a no-top or a full weights file (the base's weights are used
-  either way), `--model` a `.keras` classifier (its Xception base is used).
+  pooling. `--weights` may be a no-top or a full weights file (the base's
+  weights are used either way), `--model` a `.keras` model (its Xception
+  base, fed through the model's own layers before it).
 - `classify`: the top-k classes of a model with a classifier: ImageNet
   weights with the top (`--weights`), or a fine-tuned `.keras` classifier
-  (`--model`), whose class names come from the file.
+  (`--model`), whose class names come from the file. Scores are
+  probabilities by `source`'s score rule.
 
-Images are fed as `classify` feeds them: decoded by
-`keras_xception.images.decode`, then `keras_xception.preprocess_input`,
-except for a `.keras` classifier with its own `preprocess` rescaling layer
-(the ones `build_classifier` makes), which takes the pixels as they are.
+Images are fed as every command feeds them: decoded by
+`keras_xception.images.decode`, then prepared by the source's input rule
+(`preprocess_input`, unless the model scales its own input).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
-import os
 
 import numpy as np
 
 from keras_xception.errors import ConfigError
+from keras_xception.source import Source
 
 EMBED = "embed"
 CLASSIFY = "classify"
 KINDS = (EMBED, CLASSIFY)
 EMBEDDING_SIZE = 2048
-
-
-def file_sha256(path) -> str:
-    """The SHA-256 hex digest of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,28 +40,33 @@ class ModelSpec:
 
     Attributes:
         kind: `"embed"` or `"classify"`.
-        weights: A local weights file, or `None` when `model_path` is given.
-        model_path: A `.keras` model file, or `None`.
+        source: The checked `keras_xception.source.Source`.
         precision: Passed to `optimize_for_inference(precision=...)`, or
             `None` for its default.
-        top: Classes per image (`classify`).
-        sha256: Digest of the weights or model file.
+        top: Classes per image (`classify`), already checked against the
+            model's classes.
     """
 
     kind: str
-    weights: str | None = None
-    model_path: str | None = None
+    source: Source
     precision: str | None = None
     top: int = 5
-    sha256: str = ""
+
+    @property
+    def weights(self) -> str | None:
+        """The weights file, or `None` for a `.keras` model."""
+        return self.source.path if self.source.kind == "weights" else None
+
+    @property
+    def model_path(self) -> str | None:
+        """The `.keras` model file, or `None` for weights."""
+        return self.source.path if self.source.kind == "keras" else None
 
     def identity(self) -> dict:
         """What makes two jobs' results comparable (checked on a rerun)."""
-        source = self.model_path or self.weights
         return {
             "kind": self.kind,
-            "model" if self.model_path else "weights": os.path.basename(source or ""),
-            "sha256": self.sha256,
+            **self.source.identity(),
             "precision": self.precision,
             **({"top": self.top} if self.kind == CLASSIFY else {}),
         }
@@ -105,37 +100,6 @@ def column_text(path) -> str:
     return text(path)
 
 
-def _optimize(model, precision):
-    from keras_xception.inference import optimize_for_inference
-
-    if "precision" in inspect.signature(optimize_for_inference).parameters:
-        if precision is None:
-            return optimize_for_inference(model)
-        return optimize_for_inference(model, precision=precision)
-    if precision not in (None, "float32"):
-        raise ConfigError(
-            "This version of keras_xception runs the model in float32 only. "
-            f"Received: --precision {precision!r}"
-        )
-    return optimize_for_inference(model)
-
-
-def _has_own_preprocessing(model) -> bool:
-    try:
-        layer = model.get_layer("preprocess")
-    except ValueError:
-        return False
-    return type(layer).__name__ == "Rescaling"
-
-
-def _input_size(model):
-    from keras_xception.architecture import DEFAULT_SIZE
-
-    shape = model.input_shape
-    height, width = shape[1], shape[2]
-    return (height or DEFAULT_SIZE, width or DEFAULT_SIZE)
-
-
 class Predictor:
     """A built model: decoded images in, result columns out.
 
@@ -144,76 +108,34 @@ class Predictor:
 
     Attributes:
         image_size: `(height, width)` images are resized to.
-        preprocess: Applied to each float32 batch in [0, 255] before the
-            model, or `None`.
+        score_rule: How classify's scores were made probabilities
+            (`source.MODEL_SOFTMAX`, ...), `None` for `embed`.
     """
 
     def __init__(self, spec: ModelSpec):
-        import keras
-
-        from keras_xception.preprocessing import preprocess_input
+        from keras_xception.inference import optimize_for_inference
 
         self.spec = spec
-        self.class_names = None
-        self.preprocess = preprocess_input
-        if spec.model_path is not None:
-            from keras_xception.training.saving import load_classifier
-
-            loaded = load_classifier(spec.model_path)
-            if spec.kind == EMBED:
-                from keras_xception.training.classifier import base_of
-
-                base = base_of(loaded)
-                pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
-                model = keras.Model(base.input, pooled, name="xception_embed")
-            else:
-                model = loaded
-                self.class_names = getattr(loaded, "class_names", None)
-                if _has_own_preprocessing(loaded):
-                    self.preprocess = None
-        else:
-            from keras_xception.model import Xception
-            from keras_xception.weights.validate import inspect as inspect_weights
-
-            summary = inspect_weights(spec.weights)
-            if spec.kind == EMBED:
-                if summary.include_top:
-                    full = Xception(weights=spec.weights, classes=summary.classes)
-                    model = keras.Model(full.input, full.get_layer("avg_pool").output,
-                                        name="xception_embed")
-                else:
-                    model = Xception(include_top=False, pooling="avg",
-                                     weights=spec.weights)
-            else:
-                if not summary.include_top:
-                    from keras_xception.errors import WeightsError
-
-                    raise WeightsError(
-                        f"{spec.weights} holds Xception weights without the "
-                        "classifier top, which classify needs: pass weights "
-                        "with the top, or a fine-tuned model with --model."
-                    )
-                model = Xception(weights=spec.weights, classes=summary.classes)
+        loaded = spec.source.load(embed=spec.kind == EMBED)
+        model = loaded.model
         units = model.outputs[0].shape[-1]
         if spec.kind == EMBED and units != EMBEDDING_SIZE:
             raise ConfigError(
                 f"The embedding model gives {units} values per image, not "
-                f"{EMBEDDING_SIZE}. Received: {spec.model_path or spec.weights}"
+                f"{EMBEDDING_SIZE}. Received: {spec.source.given}"
             )
-        if spec.kind == CLASSIFY:
-            if self.class_names is None and units == 1000:
-                from keras_xception.preprocessing import imagenet_classes
-
-                self.class_names = tuple(name for _, name in imagenet_classes())
-            elif self.class_names is None:
-                self.class_names = tuple(str(i) for i in range(units))
-            if spec.top > units:
-                raise ConfigError(
-                    f"--top must be at most the model's {units} classes. "
-                    f"Received: --top {spec.top}"
-                )
-        self.image_size = _input_size(model)
-        self.model = _optimize(model, spec.precision)
+        if spec.kind == CLASSIFY and spec.top > units:
+            raise ConfigError(
+                f"--top must be at most the model's {units} classes. "
+                f"Received: --top {spec.top}"
+            )
+        self.loaded = loaded
+        self.score_rule = loaded.score_rule
+        self.image_size = image_size(spec)
+        if spec.precision is None:
+            self.model = optimize_for_inference(model)
+        else:
+            self.model = optimize_for_inference(model, precision=spec.precision)
 
     def __call__(self, images: np.ndarray) -> dict:
         """The result columns (without `path`) for a batch of images in [0, 255].
@@ -226,15 +148,15 @@ class Predictor:
             `{"class_index": int32 (n, top), "class_name": [[str]],
             "score": float32 (n, top)}`.
         """
-        if self.preprocess is not None:
-            images = self.preprocess(images)
+        images = self.loaded.prepare(images)
         outputs = np.asarray(self.model.predict(images, batch_size=len(images)),
                              dtype=np.float32)
         if self.spec.kind == EMBED:
             return {"embedding": outputs}
-        order = np.argsort(-outputs, axis=1, kind="stable")[:, : self.spec.top]
-        scores = np.take_along_axis(outputs, order, axis=1)
-        names = [[self.class_names[i] for i in row] for row in order]
+        probabilities = self.loaded.scores(outputs)
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.spec.top]
+        scores = np.take_along_axis(probabilities, order, axis=1)
+        names = [[self.spec.source.class_name(i) for i in row] for row in order]
         return {"class_index": order.astype(np.int32), "class_name": names,
                 "score": scores}
 
@@ -284,26 +206,5 @@ def empty_columns(kind, top) -> dict:
 
 
 def image_size(spec: ModelSpec):
-    """The `(height, width)` images are resized to for `spec`, without building it.
-
-    Weights give the standard Xception input; a `.keras` model file says its
-    input shape in its `config.json`.
-    """
-    import json
-    import zipfile
-
-    from keras_xception.architecture import DEFAULT_SIZE
-
-    if spec.model_path is None:
-        return (DEFAULT_SIZE, DEFAULT_SIZE)
-    try:
-        with zipfile.ZipFile(spec.model_path) as archive:
-            config = json.loads(archive.read("config.json"))
-        layers = config["config"]["layers"]
-        shape = next(layer["config"]["batch_shape"] for layer in layers
-                     if layer["class_name"] == "InputLayer")
-        height, width = shape[1], shape[2]
-    except (OSError, KeyError, StopIteration, ValueError, TypeError, IndexError,
-            zipfile.BadZipFile):
-        return (DEFAULT_SIZE, DEFAULT_SIZE)
-    return (height or DEFAULT_SIZE, width or DEFAULT_SIZE)
+    """The `(height, width)` images are resized to for `spec`, without building it."""
+    return spec.source.input_size

@@ -35,6 +35,7 @@ import importlib
 import os
 import sys
 
+from keras_xception import tfenv
 from keras_xception.cli import _runtime
 
 # Subcommand modules, in the order `--help` lists them.
@@ -117,7 +118,8 @@ def _silence_stdout() -> None:
 
 def main(argv=None) -> int:
     """Runs `keras-xception`; returns the exit status (see the module doc)."""
-    _runtime.configure()
+    tfenv.configure()
+    from keras_xception.checks import lift_pillow_limit
     from keras_xception.errors import XceptionError
 
     with _runtime.interrupts() as interrupted, _runtime.one_line_warnings():
@@ -127,11 +129,13 @@ def main(argv=None) -> int:
                 # The arguments as given, for commands that pass them on unchanged
                 # (fine-tune's local workers).
                 args.argv = list(sys.argv[1:] if argv is None else argv)
-                _runtime.install()
+                tfenv.install()
+                # The pixel limit is --max-pixels's, not Pillow's (checks).
+                lift_pillow_limit()
                 try:
                     status = int(args.run(args) or 0)
                 finally:
-                    _runtime.uninstall()
+                    tfenv.uninstall()
                 if interrupted.is_set():  # The interrupt itself was swallowed.
                     raise KeyboardInterrupt
                 sys.stdout.flush()

@@ -17,11 +17,9 @@ import json
 import os
 import sys
 
-from keras_xception.cli._args import existing_file, output_path, positive_int
-
-# As for classify: the model's activations grow with the batch (about 30 MiB
-# per 299x299 image), while a CPU is as busy at 8 as at 32.
-MAX_BATCH_SIZE = 32
+from keras_xception.checks import MAX_BATCH_SIZE
+from keras_xception.cli._args import output_path, positive_int
+from keras_xception.cli._inputs import capped_batch_size
 
 
 def _add(parser, *flags, **kwargs):
@@ -49,7 +47,7 @@ def add_batch_arguments(parser):
          help=f"images per forward pass (default: 8; at most {MAX_BATCH_SIZE})")
     _add(parser, "--weights", default="imagenet",
          help="'imagenet' (default), a weights file or an http(s) URL")
-    _add(parser, "--model", type=existing_file, metavar="PATH.keras",
+    _add(parser, "--model", metavar="PATH.keras",
          help="a fine-tuned .keras model instead of --weights")
     _add(parser, "--precision", choices=("auto", "float32", "bfloat16"),
          default="float32",
@@ -71,6 +69,37 @@ def add_batch_arguments(parser):
          help="print the manifest (inputs, model, counts) as JSON on stdout at the end")
 
 
+# Options that only a batch job (`--output DIR`) uses, with their defaults.
+def _batch_only(args) -> list[str]:
+    from keras_xception.batch.sources import DEFAULT_PATH_COLUMN, DEFAULT_SHARD_SIZE
+
+    given = {
+        "--engine": args.engine != "auto",
+        "--address": args.address is not None,
+        "--path-column": args.path_column != DEFAULT_PATH_COLUMN,
+        "--shard-size": args.shard_size != DEFAULT_SHARD_SIZE,
+        "--overwrite": args.overwrite,
+    }
+    return [option for option, set_ in given.items() if set_]
+
+
+def check_batch_only(args) -> None:
+    """Refuses batch options given without `--output` (they would do nothing).
+
+    Raises:
+        keras_xception.errors.ConfigError: Naming the options.
+    """
+    from keras_xception.errors import ConfigError
+
+    given = _batch_only(args)
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a "
+            "batch job: add --output DIR to write Parquet results there, or leave "
+            f"{'it' if len(given) == 1 else 'them'} out."
+        )
+
+
 def run_batch(args, kind) -> int:
     """Runs `kind` (`"embed"` or `"classify"`) with the parsed `args`.
 
@@ -82,17 +111,12 @@ def run_batch(args, kind) -> int:
 
     if getattr(args, "output", None) is None:
         raise ConfigError(f"{kind} needs --output DIR for batch results")
-    batch_size = args.batch_size
-    if batch_size > MAX_BATCH_SIZE:
-        print(f"note: --batch-size {batch_size} is more than {MAX_BATCH_SIZE}; "
-              f"using {MAX_BATCH_SIZE}", file=sys.stderr)
-        batch_size = MAX_BATCH_SIZE
-
-    # images.decode applies the pixel limit itself; Pillow's own
-    # process-wide check would refuse a raised --max-pixels.
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None
+    if getattr(args, "jsonl", False):
+        raise ConfigError(
+            "--jsonl prints results as they come, which a batch job writes to "
+            "--output instead; use --json for its manifest, or leave --output out."
+        )
+    batch_size = capped_batch_size(args.batch_size, kind)
 
     def on_error(path, message):
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -100,8 +124,8 @@ def run_batch(args, kind) -> int:
     manifest = batch.run(
         kind, args.paths, args.output,
         engine=args.engine, address=args.address, batch_size=batch_size,
-        weights=args.weights, model_path=args.model, top=getattr(args, "top", 5),
-        precision=args.precision, path_column=args.path_column,
+        weights=args.weights, model_path=args.model, top=getattr(args, "top", None),
+        precision=args.precision or "float32", path_column=args.path_column,
         shard_size=args.shard_size, max_pixels=args.max_pixels,
         overwrite=args.overwrite, progress=sys.stderr, on_error=on_error,
     )

@@ -1,4 +1,4 @@
-"""What the commands that read images one by one (classify, explain) share.
+"""What the commands that read images (classify, explain, embed) share.
 
 - `Failures`: each input that cannot be processed is named on one line on
   stderr, and counted, so the command can end with exit status 1 while the
@@ -30,14 +30,15 @@ class Failures:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def capped_batch_size(requested: int, limit: int, command: str) -> int:
-    """`requested`, or `limit` with a note on stderr when it is larger.
+def capped_batch_size(requested: int, command: str) -> int:
+    """`requested`, or `checks.MAX_BATCH_SIZE` with a note on stderr when it is larger.
 
     Args:
         requested: The `--batch-size` given.
-        limit: The most the command uses (its activations grow with the batch).
         command: The command's name, for the note.
     """
+    from keras_xception.checks import MAX_BATCH_SIZE as limit
+
     if requested <= limit:
         return requested
     print(f"note: --batch-size {requested} is more than {limit}, the most "

@@ -1,4 +1,4 @@
-"""The command line's process: Ctrl-C, stdout, warnings and TensorFlow's noise.
+"""The command line's process: Ctrl-C, stdout and warnings.
 
 Ctrl-C: `interrupts` makes SIGINT set `keras_xception.fileio.cancel_event`
 as well as raise `KeyboardInterrupt`. Python discards an exception raised
@@ -15,191 +15,20 @@ disk) into `StdoutError`, one line; a reader that has gone
 Warnings: `one_line_warnings` shows each Python warning once, as
 `warning: <message>` on stderr.
 
-TensorFlow: importing TensorFlow 2.21 writes, straight to file descriptor 2:
-
-    WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
-    I0000 00:00:1795976018.423033    6107 port.cc:153] oneDNN custom operations are on. ...
-
-and then both lines again. Two of its shared libraries,
-`libtensorflow_framework.so.2` and the profiler's `_pywrap_profiler_plugin.so`,
-each link their own copy of Abseil's logging and of the code that prints the
-oneDNN notice, so each prints them once when it is loaded. These lines go
-through Abseil directly, not through TensorFlow's logging, so
-`TF_CPP_MIN_LOG_LEVEL` does not hide them, however early it is set.
-
-`install` therefore applies `TF_CPP_MIN_LOG_LEVEL` itself while TensorFlow
-is first imported: for that moment file descriptor 2 is a pipe, and a thread
-copies each line to the real stderr unless `LineFilter` hides it (an Abseil
-log line below the level: `I...` from level 1, `W...` from 2, `E...` from 3;
-the "before absl::InitializeLog()" notice from level 1; a repeat of one
-already shown). Everything else, Python's own messages and tracebacks
-included, passes through unchanged; stdout is never touched.
+TensorFlow's start-up noise is kept out by `keras_xception.tfenv`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.abc
-import importlib.util
 import os
-import re
 import signal
 import sys
-import threading
 import warnings
 
 from keras_xception import fileio
 from keras_xception.errors import XceptionError
-
-# The command line's default; a value the user has set is kept.
-DEFAULT_LOG_LEVEL = "2"
-
-# "I0000 00:00:1795976018.423033    6107 port.cc:153] message"
-_ABSL_LINE = re.compile(rb"^([IWEF])\d{4} [\d:.]+\s+\d+( )[^\]\s]+:\d+\] ")
-_ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called"
-_SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
-
-# How long the end of an import may take to reach the real stderr.
-_DRAIN_SECONDS = 5.0
-
-
-def configure() -> None:
-    """Sets TensorFlow's environment before anything imports it.
-
-    oneDNN's fp32 kernels roughly double matmul and convolution throughput on
-    AVX2 CPUs where TensorFlow leaves them off by default; the command line
-    turns them on unless the user has set `TF_ENABLE_ONEDNN_OPTS` already.
-    `TF_CPP_MIN_LOG_LEVEL` defaults to 2 (errors only).
-    """
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_LOG_LEVEL)
-
-
-def min_log_level() -> int:
-    """`TF_CPP_MIN_LOG_LEVEL` as a number (0, the default, for anything else)."""
-    try:
-        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-    except ValueError:
-        return 0
-
-
-class LineFilter:
-    """Decides which lines TensorFlow writes to stderr are shown.
-
-    Hidden: an Abseil log line whose severity is below `level`, Abseil's
-    "before absl::InitializeLog()" notice when `level` is 1 or more, and
-    any Abseil line (or that notice) already shown once: the second shared
-    library repeats them word for word, apart from the time stamp. Every
-    other line is shown.
-
-    Args:
-        level: The `TF_CPP_MIN_LOG_LEVEL` in force; 0 shows each message once.
-    """
-
-    def __init__(self, level: int):
-        self.level = level
-        self._seen = set()
-
-    def __call__(self, line: bytes) -> bool:
-        """Whether `line` (bytes, newline included or not) is shown."""
-        if line.startswith(_ABSL_NOTICE):
-            key = _ABSL_NOTICE
-            if self.level > 0:
-                return False
-        else:
-            match = _ABSL_LINE.match(line)
-            if match is None:
-                return True
-            if _SEVERITY[match.group(1)] < self.level:
-                return False
-            key = match.group(1) + line[match.end(2):].rstrip()
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        return True
-
-
-@contextlib.contextmanager
-def filtered_stderr(keep):
-    """Passes what is written to file descriptor 2 through `keep(line)`.
-
-    Args:
-        keep: Called with each line (bytes); the line is shown if it
-            returns True.
-
-    Yields:
-        Nothing. Where file descriptor 2 cannot be redirected (it is closed,
-        say), the block runs unfiltered.
-    """
-    try:
-        sys.stderr.flush()
-        real = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def pump():
-        with os.fdopen(read_end, "rb") as lines:
-            for line in lines:
-                if keep(line):
-                    with contextlib.suppress(OSError):
-                        os.write(real, line)
-
-    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.flush()
-        os.dup2(real, 2)  # Closes this process's last write end of the pipe.
-        thread.join(_DRAIN_SECONDS)
-        if not thread.is_alive():  # A child may still hold the pipe open.
-            os.close(real)
-
-
-class _QuietImport(importlib.abc.MetaPathFinder):
-    """Runs the first import of `tensorflow` inside `filtered_stderr`."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        uninstall()
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-        keep = LineFilter(min_log_level())
-
-        def quiet_exec_module(module):
-            with filtered_stderr(keep):
-                exec_module(module)
-
-        spec.loader.exec_module = quiet_exec_module
-        return spec
-
-
-_finder = _QuietImport()
-
-
-def install() -> None:
-    """Makes the next first import of TensorFlow quiet (see the module doc).
-
-    Does nothing if TensorFlow is imported already.
-    """
-    if "tensorflow" not in sys.modules and _finder not in sys.meta_path:
-        sys.meta_path.insert(0, _finder)
-
-
-def uninstall() -> None:
-    """Undoes `install` if TensorFlow has not been imported since."""
-    with contextlib.suppress(ValueError):
-        sys.meta_path.remove(_finder)
-
 
 @contextlib.contextmanager
 def interrupts():

@@ -1,4 +1,11 @@
-"""`keras-xception classify`: ImageNet predictions for image files.
+"""`keras-xception classify`: the classes of image files, by ImageNet or a fine-tuned model.
+
+The model comes from `--weights` (ImageNet's) or `--model` (a fine-tuned
+`.keras` file, with its class names), read by `keras_xception.source` as
+every command reads it; the work is `keras_xception.pipelines.classify`.
+Scores are probabilities by the source's score rule; JSON records name it
+(`score_rule`), and the table notes it on stderr when it is not the model's
+own softmax.
 
 Files and folders are expanded by `keras_xception.images.find_images` and
 decoded by `keras_xception.images.iter_batches`, the same decoding as the
@@ -23,30 +30,22 @@ the others are still classified and the exit status is 1 at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 
+from keras_xception.checks import MAX_BATCH_SIZE, MAX_TOP
 from keras_xception.cli._args import positive_int
 from keras_xception.cli._inputs import Failures, capped_batch_size, printable_stdout
 from keras_xception.images import IMAGE_EXTENSIONS
-
-# The largest --batch-size used: the model's activations grow with the batch
-# (about 30 MiB per 299x299 image: a peak of 1.3 GiB at 8, 2.3 GiB at 32 and
-# 3.7 GiB at 64, by scripts/measure_memory.py), while throughput on a CPU was
-# the same at 8, 32 and 64. A larger value is lowered to this, with a note on
-# stderr.
-MAX_BATCH_SIZE = 32
-
-TOP_MAX = 1000
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "classify",
-        help="print ImageNet predictions for image files or folders",
-        description="Classify images with Xception. A folder is searched "
+        help="print the classes of image files or folders",
+        description="Classify images with Xception: ImageNet's 1000 classes, "
+        "or a fine-tuned model's own with --model. A folder is searched "
         "recursively for files with the extensions "
         + ", ".join(IMAGE_EXTENSIONS) + " (hidden files and folders are "
         "skipped); a file named on the command line is read whatever its "
@@ -55,12 +54,18 @@ def add_parser(subparsers):
     )
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image file or folder")
-    parser.add_argument("--weights", default="imagenet",
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", default="imagenet",
                         help="'imagenet' (default; downloaded and verified once), "
                         "the path of a weights file with the classifier top, or "
                         "an http(s) URL of one")
-    parser.add_argument("--top", type=positive_int, default=5, metavar="K",
-                        help=f"predictions per image, 1 to {TOP_MAX} (default: 5)")
+    source.add_argument("--model", metavar="PATH.keras",
+                        help="a fine-tuned .keras model (from `fine-tune`, or any "
+                        "model on an Xception base) instead of --weights; its "
+                        "class names are used")
+    parser.add_argument("--top", type=positive_int, default=None, metavar="K",
+                        help=f"predictions per image, 1 to {MAX_TOP} and at most "
+                        "the model's classes (default: 5, or all of fewer)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="print one JSON list of {path, predictions} at the end")
@@ -75,11 +80,12 @@ def add_parser(subparsers):
                         "default: $KERAS_XCEPTION_MAX_PIXELS, else 178956970, "
                         "Pillow's decompression-bomb limit)")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
-                        default="auto",
-                        help="compute precision (default: auto: bfloat16 only "
-                        "where the CPU computes it natively (avx512_bf16 or "
-                        "amx_bf16) and a probe check against float32 holds, "
-                        "else float32; outputs are always float32)")
+                        default=None,
+                        help="compute precision (default: auto, or float32 with "
+                        "--output: bfloat16 only where the CPU computes it "
+                        "natively (avx512_bf16 or amx_bf16) and a probe check "
+                        "against float32 holds, else float32; outputs are "
+                        "always float32)")
     # `--output DIR` turns classify into a batch job (Parquet results,
     # resumable, local or on Ray); its other options are added alongside.
     from keras_xception.cli._batch import add_batch_arguments
@@ -93,140 +99,76 @@ def display_path(path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _record(path, predictions) -> dict:
+def _record(path, predictions, rule) -> dict:
     return {
         "path": os.fsdecode(path),
         "predictions": [
-            {"synset": synset, "label": label, "score": score}
-            for synset, label, score in predictions
+            {"class_index": p.class_index, "label": p.name, "synset": p.synset,
+             "score": p.score}
+            for p in predictions
         ],
+        "score_rule": rule,
     }
 
 
 def _table(path, predictions) -> str:
     lines = [display_path(path)]
-    for rank, (synset, label, score) in enumerate(predictions, start=1):
-        lines.append(f"  {rank:>2}. {score:7.2%}  {label:<30} {synset}")
+    for rank, p in enumerate(predictions, start=1):
+        where = p.synset if p.synset is not None else f"class {p.class_index}"
+        lines.append(f"  {rank:>2}. {p.score:7.2%}  {p.name:<30} {where}")
     return "\n".join(lines) + "\n"
 
 
-def find_files(paths, on_error):
-    """The image files under `paths`; a folder without any is an error.
-
-    Args:
-        paths: Files and folders from the command line.
-        on_error: Called as `on_error(path, message)` for each problem.
-
-    Returns:
-        The files, in command-line order.
-    """
-    from keras_xception.images import find_given
-
-    return [file for path in paths for file in find_given(path, on_error=on_error)]
-
-
-def classify(files, weights, *, top, batch_size, max_pixels, on_error,
-             precision="auto"):
-    """Classifies `files`; yields `(path, [(synset, label, score), ...])`.
-
-    Images are streamed: at most a few batches are decoded at any time.
-    Files that cannot be decoded are passed to `on_error(path, message)`.
-    The first batch is decoded before the model is built, so a run whose
-    files are all unreadable ends in a moment, without building it.
-    """
-    import itertools
-
-    from keras_xception.architecture import DEFAULT_SIZE
-    from keras_xception.images import iter_batches
-    from keras_xception.preprocessing import decode_predictions, preprocess_input
-
-    # A model with the classifier top takes DEFAULT_SIZE x DEFAULT_SIZE images.
-    size = (DEFAULT_SIZE, DEFAULT_SIZE)
-    batches = iter_batches(
-        files, target_size=size, batch_size=batch_size,
-        preprocess=preprocess_input, on_error=on_error, max_pixels=max_pixels,
-    )
-    with contextlib.closing(batches):
-        first = next(batches, None)
-        if first is None:
-            return
-        from keras_xception.inference import optimize_for_inference
-        from keras_xception.model import Xception
-
-        model = optimize_for_inference(Xception(weights=weights), precision)
-        for paths, images in itertools.chain([first], batches):
-            first = None  # Drop the reference so the batch can be freed.
-            probs = model.predict(images, batch_size=len(paths), verbose=0)
-            del images
-            yield from zip(paths, decode_predictions(probs, top=top))
-
-
 def run(args) -> int:
+    from keras_xception.cli._batch import check_batch_only
+
     if args.output is not None:
         from keras_xception.cli._batch import run_batch
 
         return run_batch(args, "classify")
+    check_batch_only(args)
 
-    from keras_xception.batch.sources import DEFAULT_PATH_COLUMN, DEFAULT_SHARD_SIZE
-    from keras_xception.errors import ConfigError
+    from keras_xception import pipelines
+    from keras_xception.checks import positive_int as positive_int_check
     from keras_xception.images import max_pixels_limit
+    from keras_xception.source import MODEL_SOFTMAX, open_source
 
-    batch_only = {
-        "--engine": args.engine != "auto",
-        "--address": args.address is not None,
-        "--model": args.model is not None,
-        "--path-column": args.path_column != DEFAULT_PATH_COLUMN,
-        "--shard-size": args.shard_size != DEFAULT_SHARD_SIZE,
-        "--overwrite": args.overwrite,
-    }
-    given = [option for option, set_ in batch_only.items() if set_]
-    if given:
-        raise ConfigError(
-            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to a "
-            "batch job: add --output DIR "
-            "to write Parquet results there, or leave them out."
-        )
-
-    if args.top > TOP_MAX:
-        raise ConfigError(f"--top must be from 1 to {TOP_MAX}. Received: --top {args.top}")
+    if args.top is not None:
+        positive_int_check(args.top, "--top", maximum=MAX_TOP)
     max_pixels = max_pixels_limit(args.max_pixels)
-    batch_size = capped_batch_size(args.batch_size, MAX_BATCH_SIZE, "classify")
+    batch_size = capped_batch_size(args.batch_size, "classify")
     printable_stdout()
     on_error = Failures()
 
-    files = find_files(args.paths, on_error)
+    files = pipelines.find_files(args.paths, on_error)
     if not files:
         if not on_error.count:
             print("error: no image files to classify", file=sys.stderr)
         return 1
 
-    # Fetch (or find) the weights before TensorFlow is imported: a missing
-    # file or an empty cache offline fails in a moment, with only its message.
-    from keras_xception.weights import resolve
+    # The model's file is fetched (or found) and checked before TensorFlow
+    # is imported: a missing file, an empty cache offline or a --top the
+    # model cannot give fails in a moment, with only its message.
+    src = open_source(args.model or args.weights, need_top=True, progress=sys.stderr)
+    top = src.check_top(args.top)
 
-    weights = str(resolve(args.weights, include_top=True, progress=sys.stderr))
-    if not weights.endswith(".keras"):
-        # A weights file of the wrong kind is named now, with h5py alone,
-        # before any image is decoded or TensorFlow imported.
-        from keras_xception.weights.validate import inspect
+    rule = None
 
-        inspect(weights, include_top=True)
-
-    # images.decode applies the pixel limit itself; Pillow's own
-    # process-wide check would refuse a raised --max-pixels and warn below it.
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None
+    def on_model(loaded):
+        nonlocal rule
+        rule = loaded.score_rule
+        if rule != MODEL_SOFTMAX and not (args.json or args.jsonl):
+            print(f"note: scores are the {rule}", file=sys.stderr)
 
     results = []
-    for path, predictions in classify(
-        files, weights, top=args.top, batch_size=batch_size,
-        max_pixels=max_pixels, on_error=on_error, precision=args.precision,
+    for path, predictions in pipelines.classify(
+        files, src, top=top, batch_size=batch_size, max_pixels=max_pixels,
+        on_error=on_error, precision=args.precision or "auto", on_model=on_model,
     ):
         if args.json:
-            results.append(_record(path, predictions))
+            results.append(_record(path, predictions, rule))
         elif args.jsonl:
-            sys.stdout.write(json.dumps(_record(path, predictions)) + "\n")
+            sys.stdout.write(json.dumps(_record(path, predictions, rule)) + "\n")
             sys.stdout.flush()
         else:
             sys.stdout.write(_table(path, predictions))

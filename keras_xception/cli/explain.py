@@ -18,29 +18,27 @@ Results go to stdout: a table, `--json` (one JSON list at the end) or
 `--jsonl` (one JSON object per explained class, as each is written). Each
 result is `{"path", "class_index", "class", "score", "overlay"}`: `class` is
 the ImageNet label or the class name saved in the `.keras` file (`null`
-without one), `score` the model's probability for the class, `overlay` the
-PNG. Diagnostics go to stderr: a path that is missing, a folder with no
+without one), `score` the class's probability (the
+score rule of `keras_xception.source`), `overlay` the
+PNG. The model is read by `keras_xception.source` and pixels prepared by
+its input rule (`--preprocess` overrides it); the work is
+`keras_xception.pipelines.explain`. Diagnostics go to stderr: a path that is missing, a folder with no
 images or a file that cannot be decoded is named there in one line, the
 others are still explained, and the exit status is then 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
 import sys
 
+from keras_xception.checks import MAX_BATCH_SIZE
 from keras_xception.cli._args import positive_int
 from keras_xception.cli._inputs import Failures, capped_batch_size, printable_stdout
 from keras_xception.images import IMAGE_EXTENSIONS
-
-# Images per forward and backward pass; a larger --batch-size is lowered to
-# MAX_BATCH_SIZE. The backward pass keeps the activations after the explained
-# layer only, so memory stays close to classify's at the same batch size.
-DEFAULT_BATCH_SIZE = 8
-MAX_BATCH_SIZE = 32
+from keras_xception.pipelines import DEFAULT_EXPLAIN_BATCH_SIZE as DEFAULT_BATCH_SIZE
 
 PREPROCESS_CHOICES = ("auto", "xception", "none")
 
@@ -93,9 +91,10 @@ def add_parser(subparsers):
                         help="how pixels are scaled for --model: 'xception' "
                         "(preprocess_input, to [-1, 1]), 'none' (pixels in "
                         "[0, 255], for a model that scales them itself) or "
-                        "'auto' (default: 'none' if the model has a Rescaling "
-                        "layer before its Xception base, as fine-tune's "
-                        "models do, else 'xception')")
+                        "'auto' (default: 'none' if a Rescaling or "
+                        "Normalization layer comes before its Xception base, "
+                        "as in fine-tune's models, else 'xception'; the rule "
+                        "every command uses)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         metavar="N",
                         help=f"images per pass (default: {DEFAULT_BATCH_SIZE}; at "
@@ -116,217 +115,6 @@ def _alpha(text):
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a number from 0 to 1. Received: {text!r}")
     return value
-
-
-# --- inputs and output names -------------------------------------------------
-
-
-class Job(os.PathLike):
-    """An image to explain: its path (for `iter_batches`) and its PNG name."""
-
-    def __init__(self, path: pathlib.Path, name: pathlib.PurePath):
-        self.path = path
-        self.name = name  # The PNG's path relative to --output, without ".png".
-
-    def __fspath__(self):
-        return os.fspath(self.path)
-
-
-def find_jobs(paths, on_error) -> list[Job]:
-    """The images under `paths`, each with a PNG name of its own.
-
-    Args:
-        paths: Files and folders from the command line.
-        on_error: Called as `on_error(path, message)` for each problem (a
-            missing path, a folder without images, ...).
-
-    Returns:
-        The jobs, in command-line order.
-    """
-    from keras_xception.images import find_given
-
-    jobs, taken = [], set()
-    for given in paths:
-        found = find_given(given, on_error=on_error)
-        folder = os.path.isdir(given)
-        for path in found:
-            relative = path.relative_to(given) if folder else pathlib.PurePath(path.name)
-            stem = relative.with_suffix("")
-            name, count = stem, 1
-            while str(name).casefold() in taken:
-                count += 1
-                name = stem.with_name(f"{stem.name}-{count}")
-            taken.add(str(name).casefold())
-            jobs.append(Job(path, name))
-    return jobs
-
-
-def png_name(job: Job, rank: int, top: int) -> pathlib.PurePath:
-    """The PNG for `job`'s `rank`-th class (1-based) of `top`."""
-    suffix = f".top{rank}.png" if top > 1 else ".png"
-    return job.name.with_name(job.name.name + suffix)
-
-
-# --- the model and its classes -------------------------------------------------
-
-
-def load_model(args):
-    """The model, its class names (or None) and whether it wants pixels in [0, 255].
-
-    Raises:
-        keras_xception.errors.WeightsError: If the file cannot be loaded.
-    """
-    from keras_xception.errors import WeightsError
-
-    if args.model is None:
-        from keras_xception.model import Xception
-        from keras_xception.preprocessing import imagenet_classes
-        from keras_xception.weights import resolve
-
-        weights = str(resolve(args.weights, include_top=True, progress=sys.stderr))
-        labels = tuple(label for _, label in imagenet_classes())
-        synsets = tuple(synset for synset, _ in imagenet_classes())
-        return Xception(weights=weights), labels, synsets, False
-
-    from keras_xception.cli.export import check_keras_file
-    from keras_xception.training.saving import load_classifier
-
-    path = check_keras_file(args.model)
-    try:
-        model = load_classifier(path)
-    except (OSError, ValueError, TypeError, KeyError, EOFError) as err:
-        message = " ".join(str(err).split())[:300]
-        raise WeightsError(f"Cannot load the Keras model {str(path)!r}: {message}") from None
-    names = getattr(model, "class_names", None)
-    raw = {"none": True, "xception": False}.get(args.preprocess)
-    if raw is None:
-        raw = _scales_itself(model)
-    return model, names, None, raw
-
-
-def _scales_itself(model) -> bool:
-    """Whether a `Rescaling` layer comes before the Xception base in `model`."""
-    import keras
-
-    from keras_xception.explain import find_layer
-
-    path, _ = find_layer(model)
-    outer = path[-2] if len(path) > 1 else None
-    if outer is None:
-        return False
-    for layer in outer.layers:
-        if layer is path[-1]:
-            return False
-        if isinstance(layer, keras.layers.Rescaling):
-            return True
-    return False
-
-
-def resolve_class(text, count, names, synsets) -> int:
-    """The class index `--class` names.
-
-    Raises:
-        keras_xception.errors.ConfigError: If it names no class, or more than one.
-    """
-    from keras_xception.errors import ConfigError
-
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < count:
-            raise ConfigError(
-                f"--class must be a class index from 0 to {count - 1}, or a class "
-                f"name. Received: --class {text!r}"
-            )
-        return index
-    for table in (synsets, names):
-        if table:
-            matches = [i for i, name in enumerate(table) if name == text]
-            if not matches:
-                matches = [i for i, name in enumerate(table)
-                           if name.casefold() == text.casefold()]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise ConfigError(
-                    f"--class {text!r} names {len(matches)} classes "
-                    f"({', '.join(map(str, matches))}); give the index instead"
-                    + (", or the synset" if synsets else "")
-                )
-    if not names:
-        raise ConfigError(
-            f"The model has no class names saved; give --class as an index "
-            f"from 0 to {count - 1}. Received: --class {text!r}"
-        )
-    raise ConfigError(
-        f"--class {text!r} is not a class of this model; give an index from 0 "
-        f"to {count - 1} or one of its class names (e.g. {names[0]!r})"
-    )
-
-
-# --- running ---------------------------------------------------------------------
-
-
-def explain(jobs, model, *, raw, classes, top, layer, alpha, batch_size,
-            max_pixels, on_error):
-    """Explains `jobs`; yields `(job, rank, class_index, score, overlay)`.
-
-    `overlay` is the uint8 picture at the photo's size. `classes` is a class
-    index for every image, or `None` for the `top` highest-scoring ones.
-    Files that cannot be decoded are passed to `on_error(path, message)`.
-    """
-    import numpy as np
-
-    from keras_xception.errors import ImageError
-    from keras_xception.explain import class_scores, explain_batch, overlay
-    from keras_xception.images import decode, iter_batches
-    from keras_xception.preprocessing import preprocess_input
-
-    height, width = (int(d) if d else 299 for d in model.inputs[0].shape[1:3])
-    batches = iter_batches(
-        jobs, target_size=(height, width), batch_size=batch_size,
-        preprocess=None if raw else preprocess_input, on_error=on_error,
-        max_pixels=max_pixels,
-    )
-    with contextlib.closing(batches):
-        for batch_jobs, images in batches:
-            first = explain_batch(model, images, classes, layer)
-            scores = class_scores(model, first.logits)
-            if classes is None:
-                ranked = np.argsort(-first.logits, axis=-1, kind="stable")[:, :top]
-            else:
-                ranked = first.class_indices[:, None]
-            heatmaps = [first.heatmaps]
-            for rank in range(1, ranked.shape[1]):
-                heatmaps.append(explain_batch(model, images, ranked[:, rank], layer).heatmaps)
-            del images
-            for i, job in enumerate(batch_jobs):
-                try:
-                    photo = decode(job, target_size=None, max_pixels=max_pixels)
-                except ImageError as err:
-                    on_error(job, str(err))
-                    continue
-                for rank, index in enumerate(ranked[i]):
-                    picture = overlay(photo, heatmaps[rank][i], alpha)
-                    yield job, rank + 1, int(index), float(scores[i, index]), picture
-                del photo
-
-
-def write_png(path: pathlib.Path, picture) -> None:
-    """Writes `picture` (uint8 RGB) as a PNG, atomically."""
-    from PIL import Image
-
-    from keras_xception.errors import ConfigError
-    from keras_xception.fileio import atomic_write
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "wb") as f:
-            Image.fromarray(picture, "RGB").save(f, format="PNG")
-    except OSError as err:
-        raise ConfigError(
-            f"Cannot write {os.fsdecode(path)!r}: {err.strerror or err}"
-        ) from None
 
 
 def _check_output(text) -> pathlib.Path:
@@ -352,53 +140,52 @@ def _table(record) -> str:
 
 
 def run(args) -> int:
-    from keras_xception.errors import ConfigError
+    from keras_xception import pipelines
     from keras_xception.images import max_pixels_limit
+    from keras_xception.source import open_source
 
+    # Everything that can be checked without TensorFlow is, first.
+    from keras_xception.checks import MAX_TOP, positive_int as positive_int_check
+
+    positive_int_check(args.top, "--top", maximum=MAX_TOP)
     out = _check_output(args.output)
     max_pixels = max_pixels_limit(args.max_pixels)
-    batch_size = capped_batch_size(args.batch_size, MAX_BATCH_SIZE, "explain")
+    batch_size = capped_batch_size(args.batch_size, "explain")
     printable_stdout()
     on_error = Failures()
 
-    jobs = find_jobs(args.paths, on_error)
+    jobs = pipelines.find_jobs(args.paths, on_error)
     if not jobs:
         if not on_error.count:
             print("error: no image files to explain", file=sys.stderr)
         return 1
 
-    model, names, synsets, raw = load_model(args)
+    src = open_source(args.model or args.weights, need_top=True, progress=sys.stderr)
+    top = src.check_top(args.top)
+    class_index = None
+    if args.class_ is not None:
+        class_index = pipelines.resolve_class(args.class_, src)
+
+    loaded = src.load()
+    if args.preprocess != "auto":
+        loaded.rescales_itself = args.preprocess == "none"
     from keras_xception.explain import find_layer
 
-    find_layer(model, args.layer)
-    count = model.outputs[0].shape[-1]
-    if args.top > count:
-        raise ConfigError(
-            f"--top must be from 1 to {count} (the model's classes). "
-            f"Received: --top {args.top}"
-        )
-    classes = None
-    if args.class_ is not None:
-        classes = resolve_class(args.class_, count, names, synsets)
-
-    # images.decode applies the pixel limit itself (see classify).
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None
+    find_layer(loaded.model, args.layer)
     out.mkdir(parents=True, exist_ok=True)
 
     results = []
-    for job, rank, index, score, picture in explain(
-        jobs, model, raw=raw, classes=classes, top=args.top, layer=args.layer,
+    for job, rank, index, score, picture in pipelines.explain(
+        jobs, loaded, class_index=class_index, top=top, layer=args.layer,
         alpha=args.alpha, batch_size=batch_size, max_pixels=max_pixels,
         on_error=on_error,
     ):
-        target = out / png_name(job, rank, args.top)
-        write_png(target, picture)
+        target = out / pipelines.png_name(job, rank, top)
+        _write_png(target, picture)
         record = {
             "path": os.fsdecode(job.path),
             "class_index": index,
-            "class": names[index] if names else None,
+            "class": src.class_names[index] if src.class_names else None,
             "score": score,
             "overlay": os.fsdecode(target),
         }
@@ -415,3 +202,15 @@ def run(args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
     return 1 if on_error.count else 0
+
+
+def _write_png(path: pathlib.Path, picture) -> None:
+    from keras_xception.errors import ConfigError
+    from keras_xception.pipelines import write_png
+
+    try:
+        write_png(path, picture)
+    except OSError as err:
+        raise ConfigError(
+            f"Cannot write {os.fsdecode(path)!r}: {err.strerror or err}"
+        ) from None

@@ -117,6 +117,7 @@ class Checkpoints:
 
         arrays["info"] = np.frombuffer(json.dumps(record).encode(), np.uint8)
         path = self.path(phase, epoch)
+        fileio.remove_dead_temporaries(path, any_name=True)  # Left by a killed run.
         with fileio.atomic_write(path) as f:
             np.savez(f, **arrays)
         for old in self.paths()[self.keep :]:
@@ -232,5 +233,6 @@ def read(path) -> Checkpoint:
 def save_best_weights(model, path):
     """Saves `model`'s weights to `path` (a `.weights.h5` file) atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fileio.remove_dead_temporaries(path)
     with fileio.atomic_path(path, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)

@@ -78,11 +78,12 @@ def run(settings: Settings, *, argv=None, stdout=None, stderr=None) -> int:
     checked = os.environ.get(CHECKED_ENV) == "1"
     folder = data.scan(settings.data_dir, check_images=not checked)
     if settings.weights is not None:
-        # Find or download the base's weights now, with progress on stderr
-        # (stdout carries only the result), once for all local workers.
-        from keras_xception.weights import resolve
+        # Find or download and check the base's weights now, with progress
+        # on stderr (stdout carries only the result), once for all local
+        # workers: the one model source every command reads.
+        from keras_xception.source import open_source
 
-        weights = resolve(settings.weights, include_top=False, progress=stderr)
+        weights = open_source(settings.weights, progress=stderr).path
         settings = dataclasses.replace(settings, weights=str(weights))
     train, val = data.split(folder, settings.val_split, seed=settings.seed)
 

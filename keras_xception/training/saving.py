@@ -70,6 +70,7 @@ def save_classifier(model, path, *, class_names=None, metadata=None, overwrite=T
             )
         entries["class_names"] = class_names
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fileio.remove_dead_temporaries(path)  # Left by a killed save.
     try:
         with fileio.atomic_path(path, suffix=".keras", overwrite=overwrite) as tmp:
             model.save(tmp)

@@ -77,7 +77,7 @@ class Settings:
     seed: int = 1337
 
     def __post_init__(self):
-        from keras_xception.weights.downloader import is_url
+        from keras_xception.weights.urls import is_url
 
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("data_dir", os.fspath(self.data_dir))

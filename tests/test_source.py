@@ -1,0 +1,251 @@
+"""One model source: every command reads a model the same way and gives one answer.
+
+The reference in each test is independent of the package: the model loaded
+with `keras.saving.load_model`, photos decoded and resized with Pillow here,
+and the softmax written out with NumPy.
+"""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from keras_xception import cli, source
+from keras_xception.errors import ConfigError, WeightsError
+from tests import realweights
+
+SIZE = 150  # keras.io's transfer-learning guide resizes to 150x150.
+
+
+def run_cli(capsys, *argv):
+    """`keras-xception ARGV...` in this process: `(status, stdout, stderr)`."""
+    capsys.readouterr()
+    status = cli.main([str(a) for a in argv])
+    sys.stdout.flush()
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def pillow_pixels(paths, size):
+    """Photos decoded and resized by Pillow alone, float32 in [0, 255]."""
+    out = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            out.append(np.asarray(image, np.float32))
+    return np.stack(out)
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def kerasio_model(imagenet_notop_arrays, tmp_path_factory):
+    """A fine-tuned model built as keras.io's transfer-learning guide builds it.
+
+    `Rescaling(1/127.5, offset=-1)` with Keras's default name, then the real
+    ImageNet Xception base, pooling and a 3-class Dense head giving logits.
+    """
+    keras.utils.set_random_seed(3)
+    base = keras.applications.Xception(weights=None, include_top=False,
+                                       input_shape=(SIZE, SIZE, 3))
+    weighted = [layer for layer in base.layers if layer.weights]
+    for layer, values in zip(weighted, imagenet_notop_arrays, strict=True):
+        layer.set_weights(values)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(scale=1 / 127.5, offset=-1)(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3)(x)
+    model = keras.Model(inputs, outputs)
+    path = tmp_path_factory.mktemp("kerasio") / "kerasio.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(kitchen_photos):
+    return kitchen_photos[:3]
+
+
+@pytest.fixture(scope="module")
+def reference(kerasio_model, photos):
+    """Probabilities of the keras.io model on Pillow's pixels, computed here."""
+    model = keras.saving.load_model(kerasio_model, compile=False)
+    logits = model.predict(pillow_pixels(photos, SIZE), verbose=0)
+    return softmax(logits.astype(np.float64))
+
+
+def test_source_reads_a_kerasio_model_from_its_file_alone(kerasio_model):
+    src = source.open_source(kerasio_model, need_top=True)
+    assert (src.kind, src.has_top, src.classes, src.input_size) == (
+        "keras", True, 3, (SIZE, SIZE))
+    assert src.class_names is None and src.class_name(2) == "2"
+    assert "tensorflow" not in src.identity()
+    # Opened once per file and process: the same object, hashed once.
+    assert source.open_source(str(kerasio_model), need_top=True) is src
+    loaded = src.load()
+    assert loaded.rescales_itself  # Its Rescaling has Keras's default name.
+    assert loaded.score_rule == source.SOFTMAX_OF_LOGITS
+
+
+def test_every_command_gives_the_kerasio_model_one_answer(
+    capsys, kerasio_model, photos, reference, tmp_path
+):
+    status, out, err = run_cli(capsys, "classify", *photos, "--model", kerasio_model,
+                               "--json", "--precision", "float32")
+    assert status == 0, err
+    interactive = json.loads(out)
+    # Three classes: the default --top is all three, not 5.
+    assert [len(r["predictions"]) for r in interactive] == [3, 3, 3]
+    assert {r["score_rule"] for r in interactive} == {source.SOFTMAX_OF_LOGITS}
+
+    status, _, err = run_cli(capsys, "classify", *photos, "--model", kerasio_model,
+                             "--output", tmp_path / "batch", "--engine", "local")
+    assert status == 0, err
+    batch = pq.read_table(tmp_path / "batch").to_pylist()
+    batch = {row["path"]: row for row in batch}
+
+    status, out, err = run_cli(capsys, "explain", *photos, "--model", kerasio_model,
+                               "--output", tmp_path / "png", "--json")
+    assert status == 0, err
+    explained = json.loads(out)
+
+    for i, result in enumerate(interactive):
+        scores = {p["class_index"]: p["score"] for p in result["predictions"]}
+        # Against the independent reference: probabilities, preprocessed once.
+        got = np.array([scores[c] for c in range(3)])
+        np.testing.assert_allclose(got, reference[i], atol=0.03)
+        assert max(scores, key=scores.get) == int(np.argmax(reference[i]))
+        # Between commands: the same decoder, so the same numbers.
+        row = batch[result["path"]]
+        np.testing.assert_allclose(
+            row["score"], [p["score"] for p in result["predictions"]], atol=1e-5)
+        assert row["class_index"] == [p["class_index"] for p in result["predictions"]]
+        assert explained[i]["class_index"] == result["predictions"][0]["class_index"]
+        np.testing.assert_allclose(explained[i]["score"],
+                                   result["predictions"][0]["score"], atol=1e-5)
+
+
+def test_classify_a_fine_tuned_model_interactively(capsys, photos):
+    """`classify photo.jpg --model kitchen.keras`: refused before; its classes now."""
+    model_file = realweights.package_root() / realweights.MODEL_FILE
+    status, out, err = run_cli(capsys, "classify", photos[0], "--model", model_file,
+                               "--jsonl", "--top", "2", "--precision", "float32")
+    assert status == 0, err
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    model = keras.saving.load_model(model_file, compile=False)
+    size = model.input_shape[1]
+    # This model takes preprocess_input's [-1, 1]: it has no Rescaling.
+    logits = model.predict(pillow_pixels(photos[:1], size) / 127.5 - 1, verbose=0)[0]
+    expected = softmax(logits.astype(np.float64))
+    best = np.argsort(-expected)[:2]
+    assert [p["class_index"] for p in record["predictions"]] == best.tolist()
+    np.testing.assert_allclose([p["score"] for p in record["predictions"]],
+                               expected[best], atol=0.03)
+
+
+def test_a_top_above_the_classes_is_one_line_before_any_work(capsys, kerasio_model,
+                                                              photos, tmp_path):
+    for argv in (["classify", photos[0], "--top", "4"],
+                 ["classify", photos[0], "--top", "4", "--output", tmp_path / "o"],
+                 ["explain", photos[0], "--top", "4", "--output", tmp_path / "p"]):
+        status, out, err = run_cli(capsys, *argv, "--model", kerasio_model)
+        assert status == 1 and out == ""
+        assert err == ("error: --top must be from 1 to 3, the model's classes. "
+                       "Received: --top 4\n")
+    # Nothing was written, so the corrected command is not "another model".
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+    status, _, err = run_cli(capsys, "classify", photos[0], "--top", "2", "--model",
+                             kerasio_model, "--output", tmp_path / "o")
+    assert status == 0, err
+
+
+def test_embed_of_a_kerasio_model_goes_through_its_own_rescaling(kerasio_model,
+                                                                   photos):
+    src = source.open_source(kerasio_model)
+    loaded = src.load(embed=True)
+    assert loaded.rescales_itself and loaded.model.outputs[0].shape[-1] == 2048
+    pixels = pillow_pixels(photos, SIZE)
+    base = keras.saving.load_model(kerasio_model, compile=False).get_layer("xception")
+    expected = base.predict(pixels / 127.5 - 1, verbose=0).mean(axis=(1, 2))
+    got = loaded.model.predict(loaded.prepare(pixels), verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layers, expected", [
+    ([], False),
+    ([keras.layers.Rescaling(1 / 255.0)], True),
+    ([keras.layers.Normalization(mean=127.5, variance=127.5 ** 2)], True),
+])
+def test_the_input_rule_sees_rescaling_in_a_sequential(layers, expected):
+    base = keras.applications.Xception(weights=None, include_top=False,
+                                       input_shape=(71, 71, 3))
+    model = keras.Sequential([keras.Input((71, 71, 3)), *layers, base,
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    assert source.rescales_itself(model) is expected
+    assert source.score_rule(model) == source.MODEL_SIGMOID
+
+
+def test_scores_are_probabilities_by_one_rule():
+    logits = np.array([[2.0, 1.0, -1.0]], np.float32)
+    np.testing.assert_allclose(source.probabilities(logits, source.SOFTMAX_OF_LOGITS),
+                               softmax(logits), rtol=1e-6)
+    np.testing.assert_allclose(
+        source.probabilities(np.array([[0.0]]), source.SIGMOID_OF_LOGIT), [[0.5]])
+    own = np.array([[0.7, 0.2, 0.1]], np.float32)
+    assert source.probabilities(own, source.MODEL_SOFTMAX).tolist() == own.tolist()
+
+
+def test_weights_sources_are_resolved_checked_and_hashed_once(imagenet_notop_files,
+                                                              monkeypatch):
+    from keras_xception.weights import integrity, validate
+
+    path = imagenet_notop_files["keras3"]
+    source._opened.clear()
+    source._digests.clear()
+    calls = {"inspect": 0, "hash": 0}
+    real_inspect, real_digests = validate.inspect, integrity.file_digests
+
+    def counting_inspect(*args, **kwargs):
+        calls["inspect"] += 1
+        return real_inspect(*args, **kwargs)
+
+    def counting_digests(*args, **kwargs):
+        calls["hash"] += 1
+        return real_digests(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "inspect", counting_inspect)
+    monkeypatch.setattr(integrity, "file_digests", counting_digests)
+    first = source.open_source(path)
+    for _ in range(3):
+        assert source.open_source(os.fspath(path)) is first
+    assert calls == {"inspect": 1, "hash": 1}
+    assert not first.has_top and first.classes is None
+    with pytest.raises(ConfigError, match="without a classifier"):
+        source.open_source(path, need_top=True)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"not a zip", "not a readable .keras model file|not a complete HDF5"),
+    (None, "not a Keras model"),
+])
+def test_a_broken_keras_file_is_one_line(tmp_path, content, match):
+    import zipfile
+
+    path = tmp_path / "m.keras"
+    if content is None:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("other.txt", "x")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WeightsError, match=match):
+        source.open_source(path)
