@@ -49,8 +49,9 @@ def positive_int(value, name: str, *, maximum: int | None = None) -> int:
 
     Args:
         value: What the caller gave (Python or NumPy integer).
-        name: How the user named it, for the message: `"--top"` or
-            `"batch_size"`.
+        name: How the user named it, for the message: an option
+            (`"--top"`: "--top must be ... Received: --top 0") or an argument
+            (`"batch_size"`: "`batch_size` must be ... Received: batch_size=0").
         maximum: The largest value allowed, or `None`.
 
     Returns:
@@ -61,8 +62,9 @@ def positive_int(value, name: str, *, maximum: int | None = None) -> int:
     """
     if not is_int(value) or value < 1 or (maximum is not None and value > maximum):
         what = "a positive integer" if maximum is None else f"an integer from 1 to {maximum}"
-        shown = f"{name} {value!r}" if name.startswith("-") else f"{name}={value!r}"
-        raise ConfigError(f"{name} must be {what}. Received: {shown}")
+        if name.startswith("-"):  # A command-line option.
+            raise ConfigError(f"{name} must be {what}. Received: {name} {value!r}")
+        raise ConfigError(f"`{name}` must be {what}. Received: {name}={value!r}")
     return int(value)
 
 
@@ -75,6 +77,11 @@ def one_line(err, limit: int = 300) -> str:
 def missing(extra: str) -> list[str]:
     """The modules of `extra` (a key of `EXTRAS`) that cannot be imported."""
     return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs `extra`: `pip install 'keras-xception[EXTRA]'`."""
+    return f"pip install 'keras-xception[{extra}]'"
 
 
 def require(extra: str, feature: str) -> None:
@@ -91,7 +98,28 @@ def require(extra: str, feature: str) -> None:
     if absent:
         raise ConfigError(
             f"{feature} needs {', '.join(absent)}, which is not installed: "
-            f"pip install 'keras-xception[{extra}]'"
+            f"{install_hint(extra)}"
+        )
+
+
+def require_tensorflow_backend(runtime: str, how: str) -> None:
+    """Checks that Keras runs on TensorFlow, which `runtime` converts through.
+
+    Args:
+        runtime: The runtime asked for (`"openvino"`, `"onnxruntime"`).
+        how: What it does through TensorFlow (`"converts the model"`).
+
+    Raises:
+        ConfigError: Naming the backend in use and the way out.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ConfigError(
+            f"runtime={runtime!r} {how} through TensorFlow; use the TensorFlow "
+            "backend (KERAS_BACKEND=tensorflow) or runtime='keras'. "
+            f"Received: backend={backend!r}"
         )
 
 

@@ -41,6 +41,7 @@ import struct
 
 import numpy as np
 
+from keras_xception.checks import positive_int
 from keras_xception.errors import ConfigError, ImageError
 
 # File name endings read as images when a folder is searched (case-insensitive).
@@ -547,20 +548,11 @@ def iter_batches(
             "iter_batches stacks images into batches, so it needs a "
             f"(height, width) target_size. Received: target_size={target_size!r}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ConfigError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
-        )
+    batch_size = positive_int(batch_size, "batch_size")
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) \
-            or workers < 1:
-        raise ConfigError(
-            f"`workers` must be a positive integer or None. Received: workers={workers!r}"
-        )
+    workers = positive_int(workers, "workers")
     limit = max_pixels_limit(max_pixels)
-    batch_size, workers = int(batch_size), int(workers)
     ahead = max(2 * batch_size, workers)
 
     pool = concurrent.futures.ThreadPoolExecutor(

@@ -8,6 +8,7 @@ from importlib import resources
 
 import numpy as np
 
+from keras_xception.checks import positive_int
 from keras_xception.errors import ConfigError
 
 # Re-exported: the file extensions searched for in folders and how images are
@@ -110,14 +111,7 @@ def decode_predictions(preds, top=5):
         ValueError: If `preds` is not of shape `(samples, 1000)` or `top` is
             not an integer in [1, 1000].
     """
-    if isinstance(top, bool) or not isinstance(top, (int, np.integer)):
-        raise ConfigError(
-            f"`top` must be an integer from 1 to {NUM_CLASSES}. Received: top={top!r}"
-        )
-    if not 1 <= top <= NUM_CLASSES:
-        raise ConfigError(
-            f"`top` must be from 1 to {NUM_CLASSES}. Received: top={top}"
-        )
+    top = positive_int(top, "top", maximum=NUM_CLASSES)
     if not isinstance(preds, np.ndarray):
         from keras import ops
 

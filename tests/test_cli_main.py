@@ -175,7 +175,7 @@ def test_one_positive_integer_rule_for_the_library():
     assert positive_int(np.int64(4), "batch_size") == 4
     assert type(positive_int(np.int32(4), "batch_size")) is int
     for value in (True, 0, -1, 2.0, "3", None, np.float32(2)):
-        with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        with pytest.raises(ConfigError, match="`batch_size` must be a positive integer. Received: batch_size="):
             positive_int(value, "batch_size")
     with pytest.raises(ConfigError, match=r"--top must be an integer from 1 to 1000. "
                                           r"Received: --top 1001"):

@@ -110,7 +110,7 @@ def test_a_bad_batch_size_is_one_line(fast, poisoned, batch_size):
         fast.predict(poisoned, batch_size=batch_size)
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("batch_size must be a positive integer")
+    assert message.startswith("`batch_size` must be a positive integer")
     assert f"Received: batch_size={batch_size!r}" in message
 
 

@@ -280,6 +280,7 @@ def _run_checked(kind, sources, sink, *, engine, address, batch_size, weights, m
         "inputs": sources,
         "path_column": path_column,
         "model": spec.identity(),
+        "score_rule": spec.source.score_rule if kind == CLASSIFY else None,
         "weights": spec.weights,
         "model_path": spec.model_path,
         "precision": spec.precision,

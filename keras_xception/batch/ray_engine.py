@@ -75,12 +75,11 @@ def decode_batch(paths, *, size, max_pixels) -> dict:
         [(path, reason), ...]}`: the readable images and their paths, in
         order, and why each other one cannot be read.
     """
-    from PIL import Image
-
+    from keras_xception.checks import lift_pillow_limit
     from keras_xception.errors import ImageError
     from keras_xception.images import decode
 
-    Image.MAX_IMAGE_PIXELS = None  # decode applies max_pixels itself.
+    lift_pillow_limit()  # decode applies max_pixels itself.
     images = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
     ok, errors = [], []
     for path in paths:

@@ -32,6 +32,7 @@ import hashlib
 import os
 import pathlib
 
+from keras_xception.checks import positive_int
 from keras_xception.errors import ConfigError
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -77,10 +78,7 @@ def make_shards(paths, shard_size=DEFAULT_SHARD_SIZE) -> list[Shard]:
     Raises:
         ConfigError: If `shard_size` is not a positive integer.
     """
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ConfigError(
-            f"`shard_size` must be a positive integer. Received: shard_size={shard_size!r}"
-        )
+    shard_size = positive_int(shard_size, "shard_size")
     paths = [os.fsdecode(p) for p in paths]
     shards = []
     for start in range(0, len(paths), shard_size):

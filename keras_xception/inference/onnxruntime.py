@@ -15,32 +15,22 @@ import warnings
 
 import numpy as np
 
+from keras_xception.checks import install_hint, missing, require, require_tensorflow_backend
 from keras_xception.errors import ConfigError
 from keras_xception.inference import cpu
 
 NAME = "onnxruntime"
-EXTRA = "pip install 'keras-xception[onnxruntime]'"
+EXTRA = install_hint("onnxruntime")
 
 
 def installed():
     """Whether ONNX Runtime and the ONNX exporter can be imported."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("onnxruntime", "tf2onnx"))
+    return not missing("onnxruntime")
 
 
 def _require():
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError(
-            "runtime='onnxruntime' exports the model through TensorFlow; use "
-            "the TensorFlow backend (KERAS_BACKEND=tensorflow) or "
-            f"runtime='keras'. Received: backend={keras.backend.backend()!r}"
-        )
-    if not installed():
-        raise ConfigError(f"runtime='onnxruntime' needs ONNX Runtime and tf2onnx: {EXTRA}")
+    require_tensorflow_backend("onnxruntime", "exports the model")
+    require("onnxruntime", "runtime='onnxruntime'")
     import onnxruntime
 
     return onnxruntime

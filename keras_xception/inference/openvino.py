@@ -13,34 +13,24 @@ import contextlib
 
 import numpy as np
 
-from keras_xception.errors import ConfigError
+from keras_xception.checks import install_hint, missing, require, require_tensorflow_backend
 from keras_xception.inference import cpu
 
 NAME = "openvino"
-EXTRA = "pip install 'keras-xception[openvino]'"
+EXTRA = install_hint("openvino")
 _HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
 
 def installed():
     """Whether OpenVINO can be imported."""
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
+    return not missing("openvino")
 
 
 def _require():
-    import keras
+    require_tensorflow_backend("openvino", "converts the model")
+    require("openvino", "runtime='openvino'")
+    import openvino
 
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError(
-            "runtime='openvino' converts the model through TensorFlow; use the "
-            "TensorFlow backend (KERAS_BACKEND=tensorflow) or runtime='keras'. "
-            f"Received: backend={keras.backend.backend()!r}"
-        )
-    try:
-        import openvino
-    except ImportError:
-        raise ConfigError(f"runtime='openvino' needs OpenVINO: {EXTRA}") from None
     return openvino
 
 

@@ -24,7 +24,8 @@ import sys
 import threading
 import time
 
-from keras_xception.errors import ConfigError, XceptionError
+from keras_xception.checks import positive_int
+from keras_xception.errors import XceptionError
 
 # Set in each worker's environment to the launcher's process id.
 LAUNCHER_PID_ENV = "KERAS_XCEPTION_LAUNCHER_PID"
@@ -130,10 +131,7 @@ def launch_local_workers(command, count, *, env=None, timeout=None, stream=None)
             worker, its exit status and its last error.
         keras_xception.errors.XceptionError: If the launch times out.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ConfigError(
-            f"--workers must be a positive integer. Received: workers={count!r}"
-        )
+    count = positive_int(count, "--workers")
     base_env = dict(os.environ if env is None else env)
     base_env[LAUNCHER_PID_ENV] = str(os.getpid())
     procs, tails, pumps = [], [], []
