@@ -264,7 +264,8 @@ def explain(jobs, loaded, *, class_index=None, top=1, layer=None, alpha=0.4,
                             else np.empty_like(photo)
                     overlay(photo, heatmaps[rank][i], alpha, out=target)
                     yield job, rank + 1, int(index), float(scores[i, index]), target
-                del photo, picture
+                # Free the photo before the next one is decoded.
+                del photo, picture, target
 
 
 def write_png(path, picture) -> None:

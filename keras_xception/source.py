@@ -102,6 +102,9 @@ class Source:
             ImageNet's, else `None`.
         input_size: `(height, width)` images are resized to.
         channels: Input channels of the weights (3 for images).
+        score_rule: How its outputs become probabilities (`MODEL_SOFTMAX`,
+            ...), as its configuration says; `None` without a classifier or
+            where the file does not tell (`Loaded.score_rule` always does).
     """
 
     given: str
@@ -114,6 +117,7 @@ class Source:
     synsets: tuple[str, ...] | None
     input_size: tuple[int, int]
     channels: int = 3
+    score_rule: str | None = None
 
     def identity(self) -> dict:
         """What makes two runs' results comparable: the file's name and hash."""
@@ -328,6 +332,7 @@ def _open_weights(given, path) -> Source:
         has_top=summary.include_top, classes=summary.classes,
         class_names=names, synsets=synsets, input_size=(size, size),
         channels=summary.channels,
+        score_rule=MODEL_SOFTMAX if summary.include_top else None,
     )
 
 
@@ -374,7 +379,7 @@ def _open_keras(given, path) -> Source:
     return Source(
         given=str(given), kind=KERAS, path=str(path), sha256=sha256(path),
         has_top=facts.has_top, classes=classes, class_names=class_names,
-        synsets=synsets, input_size=facts.input_size,
+        synsets=synsets, input_size=facts.input_size, score_rule=facts.score_rule,
     )
 
 
@@ -383,6 +388,7 @@ class _Facts:
     input_size: tuple[int, int]
     has_top: bool
     classes: int | None
+    score_rule: str | None = None
 
 
 def _config_facts(config) -> _Facts:
@@ -404,17 +410,25 @@ def _config_facts(config) -> _Facts:
         if shape is None:
             shape = inner.get("build_input_shape")
         height, width = (shape[1] or size, shape[2] or size) if shape else (size, size)
-        has_top, classes = _output_facts(config)
-        return _Facts((int(height), int(width)), has_top, classes)
+        has_top, classes, activation = _output_facts(config)
+        rule = None
+        if has_top and activation is not None:
+            rule = _RULES.get(activation) or (
+                SIGMOID_OF_LOGIT if classes == 1 else
+                SOFTMAX_OF_LOGITS if classes is not None else None)
+        return _Facts((int(height), int(width)), has_top, classes, rule)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError):
         return _Facts((size, size), True, None)
+
+
+_RULES = {"softmax": MODEL_SOFTMAX, "sigmoid": MODEL_SIGMOID}
 
 
 _HEADS = ("Dense", "Activation", "Softmax")
 
 
-def _output_facts(config) -> tuple[bool, int | None]:
-    """Whether the configured model ends in a classifier, and its units."""
+def _output_facts(config) -> tuple[bool, int | None, str | None]:
+    """Whether the configured model ends in a classifier, its units and activation."""
     kind = config.get("class_name")
     inner = config["config"]
     layers = inner["layers"]
@@ -426,16 +440,21 @@ def _output_facts(config) -> tuple[bool, int | None]:
         if outputs and isinstance(outputs[0], str):  # A single [name, i, j].
             outputs = [outputs]
         if len(outputs) != 1:
-            return True, None
+            return True, None, None
         chain = [by_name[outputs[0][0]]]
     last = chain[-1]
     if last.get("class_name") in ("Functional", "Sequential", "Model"):
         return _output_facts(last)
+    activation = last["config"].get("activation")
+    if not isinstance(activation, str):
+        activation = None  # A custom or serialized callable: from the loaded model.
     if last.get("class_name") == "Dense":
-        return True, int(last["config"]["units"])
+        return True, int(last["config"]["units"]), activation
+    if last.get("class_name") == "Softmax":
+        return True, None, "softmax"
     if last.get("class_name") in _HEADS:
-        return True, None  # Its units: from the loaded model.
-    return False, None
+        return True, None, activation  # Its units: from the loaded model.
+    return False, None, None
 
 
 # --- loading: Keras --------------------------------------------------------------

@@ -88,6 +88,7 @@ def test_source_reads_a_kerasio_model_from_its_file_alone(kerasio_model):
     assert (src.kind, src.has_top, src.classes, src.input_size) == (
         "keras", True, 3, (SIZE, SIZE))
     assert src.class_names is None and src.class_name(2) == "2"
+    assert src.score_rule == source.SOFTMAX_OF_LOGITS  # Read from config.json.
     assert "tensorflow" not in src.identity()
     # Opened once per file and process: the same object, hashed once.
     assert source.open_source(str(kerasio_model), need_top=True) is src
@@ -110,6 +111,8 @@ def test_every_command_gives_the_kerasio_model_one_answer(
     status, _, err = run_cli(capsys, "classify", *photos, "--model", kerasio_model,
                              "--output", tmp_path / "batch", "--engine", "local")
     assert status == 0, err
+    manifest = json.loads((tmp_path / "batch" / "_manifest.json").read_text())
+    assert manifest["score_rule"] == source.SOFTMAX_OF_LOGITS
     batch = pq.read_table(tmp_path / "batch").to_pylist()
     batch = {row["path"]: row for row in batch}
 
@@ -249,3 +252,56 @@ def test_a_broken_keras_file_is_one_line(tmp_path, content, match):
         path.write_bytes(content)
     with pytest.raises(WeightsError, match=match):
         source.open_source(path)
+
+
+def test_jsonl_with_output_is_refused_not_ignored(capsys, kerasio_model, photos,
+                                                  tmp_path):
+    status, out, err = run_cli(capsys, "classify", photos[0], "--model", kerasio_model,
+                               "--output", tmp_path / "o", "--jsonl")
+    assert status == 1 and out == ""
+    assert err.startswith("error: --jsonl ") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_batch_options_without_output_are_named(capsys, photos):
+    status, out, err = run_cli(capsys, "classify", photos[0], "--shard-size", "3",
+                               "--overwrite")
+    assert status == 1 and out == ""
+    assert err == ("error: --shard-size, --overwrite apply only to a batch job: add "
+                   "--output DIR to write Parquet results there, or leave them out.\n")
+
+
+def test_a_killed_exports_temporary_is_removed_by_the_next_export(
+    capsys, kerasio_model, tmp_path
+):
+    import subprocess
+
+    out = tmp_path / "model.onnx"
+    # A process that dies (SIGKILL-like, no clean-up) while writing `out`.
+    code = (
+        "import os\n"
+        "from keras_xception import fileio\n"
+        f"tmp = fileio.atomic_path({str(out)!r}, suffix='.onnx').__enter__()\n"
+        "tmp.write_bytes(b'half')\n"
+        "os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".model.onnx.")]
+    assert len(left) == 1
+    status, _, err = run_cli(capsys, "export", kerasio_model, out, "--format", "onnx")
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_a_missing_extra_is_one_line_before_any_work(capsys, monkeypatch, photos,
+                                                      tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    status, out, err = run_cli(capsys, "embed", photos[0], "--output", tmp_path / "o")
+    assert status == 1 and out == ""
+    assert err == ("error: embed needs pyarrow, which is not installed: "
+                   "pip install 'keras-xception[batch]'\n")
+    assert not (tmp_path / "o").exists()

@@ -30,13 +30,12 @@ the others are still classified and the exit status is 1 at the end.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from keras_xception.checks import MAX_BATCH_SIZE, MAX_TOP
 from keras_xception.cli._args import positive_int
-from keras_xception.cli._inputs import Failures, capped_batch_size, printable_stdout
+from keras_xception.cli._inputs import Results, display_path, start
 from keras_xception.images import IMAGE_EXTENSIONS
 
 
@@ -94,11 +93,6 @@ def add_parser(subparsers):
     parser.set_defaults(run=run)
 
 
-def display_path(path) -> str:
-    """A path as text for the table: bytes that are not UTF-8 shown as `\\xNN`."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _record(path, predictions, rule) -> dict:
     return {
         "path": os.fsdecode(path),
@@ -111,11 +105,11 @@ def _record(path, predictions, rule) -> dict:
     }
 
 
-def _table(path, predictions) -> str:
-    lines = [display_path(path)]
-    for rank, p in enumerate(predictions, start=1):
-        where = p.synset if p.synset is not None else f"class {p.class_index}"
-        lines.append(f"  {rank:>2}. {p.score:7.2%}  {p.name:<30} {where}")
+def _table(record) -> str:
+    lines = [display_path(record["path"])]
+    for rank, p in enumerate(record["predictions"], start=1):
+        where = p["synset"] if p["synset"] is not None else f"class {p['class_index']}"
+        lines.append(f"  {rank:>2}. {p['score']:7.2%}  {p['label']:<30} {where}")
     return "\n".join(lines) + "\n"
 
 
@@ -129,28 +123,11 @@ def run(args) -> int:
     check_batch_only(args)
 
     from keras_xception import pipelines
-    from keras_xception.checks import positive_int as positive_int_check
-    from keras_xception.images import max_pixels_limit
-    from keras_xception.source import MODEL_SOFTMAX, open_source
+    from keras_xception.source import MODEL_SOFTMAX
 
-    if args.top is not None:
-        positive_int_check(args.top, "--top", maximum=MAX_TOP)
-    max_pixels = max_pixels_limit(args.max_pixels)
-    batch_size = capped_batch_size(args.batch_size, "classify")
-    printable_stdout()
-    on_error = Failures()
-
-    files = pipelines.find_files(args.paths, on_error)
-    if not files:
-        if not on_error.count:
-            print("error: no image files to classify", file=sys.stderr)
+    ready = start(args, "classify", pipelines.find_files)
+    if ready is None:
         return 1
-
-    # The model's file is fetched (or found) and checked before TensorFlow
-    # is imported: a missing file, an empty cache offline or a --top the
-    # model cannot give fails in a moment, with only its message.
-    src = open_source(args.model or args.weights, need_top=True, progress=sys.stderr)
-    top = src.check_top(args.top)
 
     rule = None
 
@@ -160,22 +137,13 @@ def run(args) -> int:
         if rule != MODEL_SOFTMAX and not (args.json or args.jsonl):
             print(f"note: scores are the {rule}", file=sys.stderr)
 
-    results = []
+    results = Results(args, _table)
     for path, predictions in pipelines.classify(
-        files, src, top=top, batch_size=batch_size, max_pixels=max_pixels,
-        on_error=on_error, precision=args.precision or "auto", on_model=on_model,
+        ready.found, ready.source, top=ready.top, batch_size=ready.batch_size,
+        max_pixels=ready.max_pixels, on_error=ready.on_error,
+        precision=args.precision or "auto", on_model=on_model,
     ):
-        if args.json:
-            results.append(_record(path, predictions, rule))
-        elif args.jsonl:
-            sys.stdout.write(json.dumps(_record(path, predictions, rule)) + "\n")
-            sys.stdout.flush()
-        else:
-            sys.stdout.write(_table(path, predictions))
-            sys.stdout.flush()
-    if args.json:
-        json.dump(results, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        results.add(_record(path, predictions, rule))
+    results.close()
     # Each unreadable input has had its one line on stderr; no summary line.
-    return 1 if on_error.count else 0
+    return 1 if ready.on_error.count else 0

@@ -29,14 +29,12 @@ others are still explained, and the exit status is then 1.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
-import sys
 
 from keras_xception.checks import MAX_BATCH_SIZE
 from keras_xception.cli._args import positive_int
-from keras_xception.cli._inputs import Failures, capped_batch_size, printable_stdout
+from keras_xception.cli._inputs import Results, start
 from keras_xception.images import IMAGE_EXTENSIONS
 from keras_xception.pipelines import DEFAULT_EXPLAIN_BATCH_SIZE as DEFAULT_BATCH_SIZE
 
@@ -131,7 +129,7 @@ def _check_output(text) -> pathlib.Path:
 
 
 def _table(record) -> str:
-    from keras_xception.cli.classify import display_path
+    from keras_xception.cli._inputs import display_path
 
     index = record["class_index"]
     name = f"class {index}" if record["class"] is None else f"{record['class']} ({index})"
@@ -141,27 +139,13 @@ def _table(record) -> str:
 
 def run(args) -> int:
     from keras_xception import pipelines
-    from keras_xception.images import max_pixels_limit
-    from keras_xception.source import open_source
 
     # Everything that can be checked without TensorFlow is, first.
-    from keras_xception.checks import MAX_TOP, positive_int as positive_int_check
-
-    positive_int_check(args.top, "--top", maximum=MAX_TOP)
     out = _check_output(args.output)
-    max_pixels = max_pixels_limit(args.max_pixels)
-    batch_size = capped_batch_size(args.batch_size, "explain")
-    printable_stdout()
-    on_error = Failures()
-
-    jobs = pipelines.find_jobs(args.paths, on_error)
-    if not jobs:
-        if not on_error.count:
-            print("error: no image files to explain", file=sys.stderr)
+    ready = start(args, "explain", pipelines.find_jobs)
+    if ready is None:
         return 1
-
-    src = open_source(args.model or args.weights, need_top=True, progress=sys.stderr)
-    top = src.check_top(args.top)
+    src, top = ready.source, ready.top
     class_index = None
     if args.class_ is not None:
         class_index = pipelines.resolve_class(args.class_, src)
@@ -174,11 +158,11 @@ def run(args) -> int:
     find_layer(loaded.model, args.layer)
     out.mkdir(parents=True, exist_ok=True)
 
-    results = []
+    results = Results(args, _table)
     for job, rank, index, score, picture in pipelines.explain(
-        jobs, loaded, class_index=class_index, top=top, layer=args.layer,
-        alpha=args.alpha, batch_size=batch_size, max_pixels=max_pixels,
-        on_error=on_error,
+        ready.found, loaded, class_index=class_index, top=top, layer=args.layer,
+        alpha=args.alpha, batch_size=ready.batch_size, max_pixels=ready.max_pixels,
+        on_error=ready.on_error,
     ):
         target = out / pipelines.png_name(job, rank, top)
         _write_png(target, picture)
@@ -189,19 +173,10 @@ def run(args) -> int:
             "score": score,
             "overlay": os.fsdecode(target),
         }
-        if args.json:
-            results.append(record)
-        elif args.jsonl:
-            sys.stdout.write(json.dumps(record) + "\n")
-            sys.stdout.flush()
-        else:
-            sys.stdout.write(_table(record))
-            sys.stdout.flush()
-    if args.json:
-        json.dump(results, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    return 1 if on_error.count else 0
+        results.add(record)
+        del picture  # The photo's memory, before the next one is decoded.
+    results.close()
+    return 1 if ready.on_error.count else 0
 
 
 def _write_png(path: pathlib.Path, picture) -> None:
