@@ -305,3 +305,31 @@ def test_a_missing_extra_is_one_line_before_any_work(capsys, monkeypatch, photos
     assert err == ("error: embed needs pyarrow, which is not installed: "
                    "pip install 'keras-xception[batch]'\n")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_embed_run_reads_and_hashes_its_weights_once(imagenet_notop_files,
+                                                        kitchen_photos, monkeypatch,
+                                                        tmp_path):
+    """Before: resolved twice, parsed three times, hashed once or twice."""
+    from keras_xception import batch
+    from keras_xception.weights import integrity, validate
+
+    source._opened.clear()
+    source._digests.clear()
+    calls = {"parse": 0, "hash": 0}
+    real_summarize, real_digests = validate._summarize, integrity.file_digests
+
+    def counting_summarize(*args, **kwargs):
+        calls["parse"] += 1
+        return real_summarize(*args, **kwargs)
+
+    def counting_digests(*args, **kwargs):
+        calls["hash"] += 1
+        return real_digests(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "_summarize", counting_summarize)
+    monkeypatch.setattr(integrity, "file_digests", counting_digests)
+    batch.run("embed", [kitchen_photos[0]], tmp_path / "out", engine="local",
+              weights=str(imagenet_notop_files["keras3"]))
+    # Checked once before any work, read once to build the model; hashed once.
+    assert calls == {"parse": 2, "hash": 1}

@@ -131,7 +131,9 @@ def run_batch(args, kind) -> int:
     )
     counts = manifest["counts"]
     output = os.fsdecode(args.output)
-    summary = f"{kind}: {counts['images']:,} images written to {output!r}"
+    images = counts["images"]
+    summary = (f"{kind}: {images:,} image{'' if images == 1 else 's'} written to "
+               f"{output!r}")
     if counts["errors"]:
         summary += (f"; {counts['errors']:,} unreadable, listed in "
                     f"{os.path.join(output, '_errors.parquet')!r}")

@@ -108,8 +108,13 @@ def _record(path, predictions, rule) -> dict:
 def _table(record) -> str:
     lines = [display_path(record["path"])]
     for rank, p in enumerate(record["predictions"], start=1):
-        where = p["synset"] if p["synset"] is not None else f"class {p['class_index']}"
-        lines.append(f"  {rank:>2}. {p['score']:7.2%}  {p['label']:<30} {where}")
+        if p["synset"] is not None:  # ImageNet: its label and synset.
+            name, where = p["label"], p["synset"]
+        elif p["label"] == str(p["class_index"]):  # No names saved: the index.
+            name, where = f"class {p['class_index']}", ""
+        else:
+            name, where = p["label"], f"class {p['class_index']}"
+        lines.append(f"  {rank:>2}. {p['score']:7.2%}  {name:<30} {where}".rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -118,8 +118,11 @@ def check(model, runtime, forward, batch=None):
     if key not in _results:
         if batch is None:
             batch = probe_batch(tuple(model.inputs[0].shape[1:]))
+        # In the structure the model was built with (a model saved with
+        # `inputs=[x]` wants a list, and warns otherwise).
+        inputs = keras.tree.pack_sequence_as(model.input, [batch])
         reference = keras.tree.map_structure(
-            keras.ops.convert_to_numpy, model(batch, training=False)
+            keras.ops.convert_to_numpy, model(inputs, training=False)
         )
         cosine = min_cosine(reference, forward(batch))
         _results[key] = (cosine >= THRESHOLD, cosine)
