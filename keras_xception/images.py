@@ -41,7 +41,7 @@ import struct
 
 import numpy as np
 
-from keras_xception.checks import positive_int
+from keras_xception.checks import one_line, positive_int
 from keras_xception.errors import ConfigError, ImageError
 
 # File name endings read as images when a folder is searched (case-insensitive).
@@ -492,7 +492,7 @@ def decode(path, target_size=(299, 299), *, max_pixels=None, dtype="float32") ->
     except PermissionError:
         raise ImageError(f"Cannot read {shown}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
+        reason = one_line(err)
         raise ImageError(
             f"Cannot read {shown}: the image data is truncated or corrupt ({reason})"
         ) from None
