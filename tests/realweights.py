@@ -54,6 +54,21 @@ def labels() -> dict[pathlib.Path, str]:
     return out
 
 
+def pillow_pixels(paths, size):
+    """Photos decoded and resized by Pillow alone, float32 in [0, 255].
+
+    Independent of the package's decoder, for references computed in a test.
+    """
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            out.append(np.asarray(image, np.float32))
+    return np.stack(out)
+
+
 def load_kitchenware_model():
     import keras
 
@@ -118,3 +133,18 @@ def write_legacy_h5(path, arrays, include_top=False, classes=1000):
 def write_keras3_weights(path, arrays, include_top=False):
     """Saves weights as `keras.applications.Xception(...).save_weights` does."""
     _keras_applications_model(arrays, include_top).save_weights(path)
+
+
+def synthetic_top(seed=0):
+    """A fixed random Dense(2048 -> 1000) classifier: (kernel, bias)."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(0.0, 0.3, (2048, 1000)).astype("float32"),
+        rng.normal(0.0, 0.05, (1000,)).astype("float32"),
+    ]
+
+
+def write_top_weights(path, notop_arrays):
+    """A Keras 3 `.weights.h5` with the real no-top weights and a synthetic top."""
+    _keras_applications_model(list(notop_arrays) + [synthetic_top()],
+                              include_top=True).save_weights(path)

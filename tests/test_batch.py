@@ -252,13 +252,10 @@ def test_overwrite_replaces_another_models_results(embedded, small_classifier, f
 
 @pytest.mark.numerics
 def test_classify_with_imagenet_top_weights_names_imagenet_classes(
-        folder, imagenet_notop_arrays, tmp_path):
+        folder, imagenet_top_weights, tmp_path):
     from keras_xception import Xception, decode_predictions, preprocess_input
     from keras_xception.images import decode
-    from tests.test_cli_classify import write_top_weights
-
-    weights = tmp_path / "xception_top.weights.h5"
-    write_top_weights(weights, imagenet_notop_arrays)
+    weights = imagenet_top_weights
     output = tmp_path / "out"
     done = commandline.run("classify", folder, "--output", output, "--weights", weights,
                            "--top", "3", "--engine", "local", "--precision", "float32",

@@ -1,4 +1,10 @@
-"""`keras-xception classify`, driven as a user would: in a subprocess."""
+"""`keras-xception classify`: in this process, and in a real one where only it shows.
+
+The results and errors are driven through `keras_xception.cli.main`
+(conftest's `run_cli`); a subprocess is kept for a closed stdout, TensorFlow's
+graph optimizer with the oneDNN the command turns on, and a missing-weights
+error that must come before TensorFlow starts logging.
+"""
 
 import functools
 import http.server
@@ -14,26 +20,7 @@ import numpy as np
 import pytest
 
 from tests import commandline
-from tests.test_inference import synthetic_top
-
-
-def write_top_weights(path, notop_arrays):
-    """A Keras 3 `.weights.h5` with the real no-top weights and a synthetic top."""
-    import keras
-
-    model = keras.applications.Xception(weights=None)
-    weighted = [layer for layer in model.layers if layer.weights]
-    for layer, values in zip(weighted, list(notop_arrays) + [synthetic_top()],
-                             strict=True):
-        layer.set_weights(values)
-    model.save_weights(path)
-
-
-@pytest.fixture(scope="module")
-def top_weights(imagenet_notop_arrays, tmp_path_factory):
-    path = tmp_path_factory.mktemp("top") / "xception_top.weights.h5"
-    write_top_weights(path, imagenet_notop_arrays)
-    return path
+from tests.realweights import pillow_pixels
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +39,15 @@ def classify(*args, env=None):
     return commandline.run("classify", *args, env=env)
 
 
-def test_json_for_a_folder(folder, top_weights):
-    # float32, to compare with the Python API's float32 model below; the
-    # default precision (auto: bf16 where the CPU runs it natively) is
-    # tested in test_precision.py.
-    done = classify(folder, "--weights", top_weights, "--json", "--top", "3",
-                    "--batch-size", "2", "--precision", "float32")
-    assert done.returncode == 0, done.stderr
-    # The CLI turns oneDNN on; its graph optimizer must not fail on this model.
-    assert "remapper failed" not in done.stderr
-    results = json.loads(done.stdout)
+def test_json_for_a_folder(run_cli, folder, imagenet_top_weights):
+    # float32, to compare with the float32 reference below; the default
+    # precision (auto: bf16 where the CPU runs it natively) is tested in
+    # test_precision.py.
+    status, out, err = run_cli("classify", folder, "--weights", imagenet_top_weights,
+                               "--json", "--top", "3", "--batch-size", "2",
+                               "--precision", "float32")
+    assert status == 0, err
+    results = json.loads(out)
     assert [r["path"] for r in results] == [
         str(folder / "a.jpg"), str(folder / "b.jpg"), str(folder / "sub" / "c.JPG")
     ]  # notes.txt is not an image: not read
@@ -74,23 +60,33 @@ def test_json_for_a_folder(folder, top_weights):
         assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
         assert all(p["synset"].startswith("n") for p in predictions)
 
-    # The same answer as the Python API with the same weights.
-    from keras_xception import Xception, decode_predictions
-    from keras_xception.preprocessing import load_image, preprocess_input
+    # An independent reference: keras.applications.Xception with the same
+    # weights, on pixels decoded and resized by Pillow here and scaled to
+    # [-1, 1] as Xception expects. Pillow's plain resize differs slightly
+    # from the package's antialiased one, hence the tolerance; the pixels
+    # scaled twice, or not at all, are checked to miss it.
+    import keras
 
-    model = Xception(weights=str(top_weights))
-    x = np.stack([preprocess_input(load_image(r["path"])) for r in results])
-    expected = decode_predictions(model.predict(x, verbose=0), top=3)
-    for result, want in zip(results, expected):
-        assert [p["synset"] for p in result["predictions"]] == [w[0] for w in want]
-        np.testing.assert_allclose(
-            [p["score"] for p in result["predictions"]], [w[2] for w in want],
-            atol=1e-4,
-        )
+    reference = keras.applications.Xception(weights=str(imagenet_top_weights))
+    pixels = pillow_pixels([r["path"] for r in results], 299)
+    probs = reference.predict(pixels / 127.5 - 1, verbose=0)
+    wrong = [reference.predict(x, verbose=0)
+             for x in ((pixels / 127.5 - 1) / 127.5 - 1, pixels)]
+    atol = 0.03
+    for i, result in enumerate(results):
+        classes = [p["class_index"] for p in result["predictions"]]
+        got = np.array([p["score"] for p in result["predictions"]])
+        assert classes[0] == int(np.argmax(probs[i]))
+        np.testing.assert_allclose(got, probs[i][classes], atol=atol)
+        for other in wrong:
+            assert np.abs(got - other[i][classes]).max() > atol
+        # The synset and label belong to the class index.
+        assert len({(p["class_index"], p["synset"], p["label"])
+                    for p in result["predictions"]}) == 3
 
 
 def test_bad_and_missing_files_are_named_and_the_rest_classified(
-    folder, kitchen_photos, top_weights, tmp_path
+    run_cli, folder, kitchen_photos, imagenet_top_weights, tmp_path
 ):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is text, not a JPEG")
@@ -98,19 +94,22 @@ def test_bad_and_missing_files_are_named_and_the_rest_classified(
     # A name that is not valid UTF-8: shown with its byte escaped, no crash.
     odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
     shutil.copyfile(kitchen_photos[4], odd)
-    done = classify(kitchen_photos[3], broken, missing, folder / "a.jpg",
-                    os.fsdecode(odd), "--weights", top_weights, "--top", "2")
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    assert str(broken) in done.stderr and str(missing) in done.stderr
+    status, out, err = run_cli("classify", kitchen_photos[3], broken, missing,
+                               folder / "a.jpg", os.fsdecode(odd),
+                               "--weights", imagenet_top_weights, "--top", "2")
+    assert status == 1
+    assert "Traceback" not in err
+    assert str(broken) in err and str(missing) in err
     # The readable table names the good photos, with two predictions each.
-    assert str(kitchen_photos[3]) in done.stdout and str(folder / "a.jpg") in done.stdout
-    assert str(tmp_path / "caf\\xe9.jpg") in done.stdout.splitlines()
-    assert str(broken) not in done.stdout
-    assert sum(line.strip().startswith(("1.", "2.")) for line in done.stdout.splitlines()) == 6
+    assert str(kitchen_photos[3]) in out and str(folder / "a.jpg") in out
+    assert str(tmp_path / "caf\\xe9.jpg") in out.splitlines()
+    assert str(broken) not in out
+    assert sum(line.strip().startswith(("1.", "2.")) for line in out.splitlines()) == 6
 
 
 def test_offline_without_cached_weights_says_what_to_do(folder, keras_home):
+    # A real process: the message must come before TensorFlow is imported
+    # and starts logging, which only a fresh process shows.
     done = classify(folder / "a.jpg", env=dict(os.environ))
     assert done.returncode == 1
     # Only the weights module's message (where the file goes): the weights
@@ -120,12 +119,13 @@ def test_offline_without_cached_weights_says_what_to_do(folder, keras_home):
     assert done.stdout == ""
 
 
-def test_missing_weights_file_is_named(folder, tmp_path):
-    done = classify(folder / "a.jpg", "--weights", tmp_path / "nope.h5")
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: Weights file not found: ")
-    assert str(tmp_path / "nope.h5") in done.stderr
-    assert "Traceback" not in done.stderr and done.stdout == ""
+def test_missing_weights_file_is_named(run_cli, folder, tmp_path):
+    status, out, err = run_cli("classify", folder / "a.jpg",
+                               "--weights", tmp_path / "nope.h5")
+    assert status == 1
+    assert err.startswith("error: Weights file not found: ")
+    assert str(tmp_path / "nope.h5") in err
+    assert "Traceback" not in err and out == ""
 
 
 # --- every kind of input, streaming output, closed pipes -------------------------
@@ -175,21 +175,22 @@ def mixed(kitchen_photos, tmp_path_factory):
     return root
 
 
-def test_every_kind_of_input_in_one_run(mixed, top_weights):
+def test_every_kind_of_input_in_one_run(run_cli, mixed, imagenet_top_weights):
     good = mixed / "good"
-    done = classify(good, mixed / "empty", mixed / "missing.jpg",
-                    f"{good / 'a_photo.jpg'}/", "--weights", top_weights, "--json",
-                    "--top", "1", "--max-pixels", "800000")
-    assert done.returncode == 1
+    status, out, err = run_cli("classify", good, mixed / "empty", mixed / "missing.jpg",
+                               f"{good / 'a_photo.jpg'}/", "--weights",
+                               imagenet_top_weights, "--json", "--top", "1",
+                               "--max-pixels", "800000")
+    assert status == 1
     # stdout is results only: it parses, and lists exactly the readable images.
-    results = json.loads(done.stdout)
+    results = json.loads(out)
     assert [os.fsencode(pathlib.Path(r["path"]).name) for r in results] == [
         b"a_photo.jpg", b"b_16bit.png", b"c_palette.png", b"d_gray.jpg", b"e_cmyk.jpg",
         b"f_rotated.jpg", b"f_\xe9.jpg",
     ]
     # Each problem is one line on stderr naming its path; no traceback.
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.splitlines()
+    assert "Traceback" not in err
+    lines = err.splitlines()
     expected = {
         "g_huge.png": "1000x1000", "h_empty.jpg": "empty",
         "i_truncated.jpg": "truncated", "j_text.jpg": "not an image",
@@ -201,29 +202,37 @@ def test_every_kind_of_input_in_one_run(mixed, top_weights):
         assert [line for line in lines if name in line and what in line], (name, lines)
     # One line per problem, and nothing else: `wc -l` counts the failures.
     assert len(lines) == len(expected), lines
-    assert "hidden" not in done.stderr and "._a_photo" not in done.stderr
+    assert "hidden" not in err and "._a_photo" not in err
 
 
 @pytest.mark.parametrize("output", ["--jsonl", "--top=1"])
-def test_a_closed_stdout_ends_quietly(folder, top_weights, output):
-    """`classify DIR --jsonl | head -n 1`: the reader goes, classify stops quietly."""
+def test_a_closed_stdout_ends_quietly(folder, imagenet_top_weights, output):
+    """`classify DIR --jsonl | head -n 1`: the reader goes, classify stops quietly.
+
+    A real process, which also shows TensorFlow's own stderr: the command
+    turns oneDNN on, and its graph optimizer must not fail on this model in
+    float32.
+    """
     read_end, write_end = os.pipe()
     os.close(read_end)  # A reader that has already gone: every write fails.
     try:
         done = subprocess.run(
             [sys.executable, "-m", "keras_xception.cli", "classify", str(folder),
-             output, "--weights", str(top_weights), "--batch-size", "1"],
+             output, "--weights", str(imagenet_top_weights), "--batch-size", "1",
+             "--precision", "float32"],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300,
         )
     finally:
         os.close(write_end)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert "remapper failed" not in done.stderr
 
 
-def test_jsonl_streams_results_and_a_download_stays_off_stdout(mixed, top_weights,
-                                                               tmp_path):
+def test_jsonl_streams_results_and_a_download_stays_off_stdout(
+        run_cli, mixed, imagenet_top_weights, tmp_path, monkeypatch):
     """One JSON object per image, even while the weights are downloaded."""
+    top_weights = imagenet_top_weights
     handler = functools.partial(_QuietHandler, directory=str(top_weights.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -231,20 +240,21 @@ def test_jsonl_streams_results_and_a_download_stays_off_stdout(mixed, top_weight
     good = mixed / "good"
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{top_weights.name}"
-        env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")}
-        env.pop("KERAS_XCEPTION_OFFLINE", None)
-        done = classify(good / "a_photo.jpg", good / "f_rotated.jpg", "--jsonl",
-                        "--weights", url, "--batch-size", "500", env=env)
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+        monkeypatch.delenv("KERAS_XCEPTION_OFFLINE", raising=False)
+        status, out, err = run_cli("classify", good / "a_photo.jpg",
+                                   good / "f_rotated.jpg", "--jsonl", "--weights", url,
+                                   "--batch-size", "500")
     finally:
         server.shutdown()
         server.server_close()
-    assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert status == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
     assert [r["path"] for r in records] == [str(good / "a_photo.jpg"),
                                            str(good / "f_rotated.jpg")]
     assert all(len(r["predictions"]) == 5 for r in records)
     # An over-large batch is lowered, and the user told so on stderr.
-    assert "--batch-size 500 is more than 32" in done.stderr
+    assert "--batch-size 500 is more than 32" in err
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -262,37 +272,37 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     (["--max-pixels", "0"], "--max-pixels"),
     (["--json", "--jsonl"], "--jsonl"),
 ])
-def test_bad_arguments_are_one_line_and_exit_1(folder, args, what):
-    done = classify(folder / "a.jpg", *args)
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
-    assert what in done.stderr and done.stdout == ""
+def test_bad_arguments_are_one_line_and_exit_1(run_cli, folder, args, what):
+    status, out, err = run_cli("classify", folder / "a.jpg", *args)
+    assert status == 1
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert what in err and out == ""
 
 
-def test_a_bad_pixel_limit_in_the_environment_is_named(folder):
-    env = {**os.environ, "KERAS_XCEPTION_MAX_PIXELS": "huge"}
-    done = classify(folder / "a.jpg", env=env)
-    assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == ("error: KERAS_XCEPTION_MAX_PIXELS must be a positive whole "
+def test_a_bad_pixel_limit_in_the_environment_is_named(run_cli, folder, monkeypatch):
+    monkeypatch.setenv("KERAS_XCEPTION_MAX_PIXELS", "huge")
+    status, out, err = run_cli("classify", folder / "a.jpg")
+    assert status == 1 and out == ""
+    assert err == ("error: KERAS_XCEPTION_MAX_PIXELS must be a positive whole "
                            "number of pixels. Received: KERAS_XCEPTION_MAX_PIXELS='huge'\n")
 
 
-def test_a_folder_without_images_is_named(tmp_path):
+def test_a_folder_without_images_is_named(run_cli, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / ".DS_Store").write_text("hidden")
-    done = classify(tmp_path)
-    assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.startswith(f"error: no images found in {str(tmp_path)!r}")
-    assert "Traceback" not in done.stderr
+    status, out, err = run_cli("classify", tmp_path)
+    assert status == 1 and out == ""
+    assert err.startswith(f"error: no images found in {str(tmp_path)!r}")
+    assert "Traceback" not in err
 
 
 def test_weights_that_are_not_weights_or_lack_the_top_are_one_line(
-    folder, imagenet_notop_files, tmp_path
+    run_cli, folder, imagenet_notop_files, tmp_path
 ):
     text = tmp_path / "weights.h5"
     text.write_text("not weights")
     for weights in [text, imagenet_notop_files["keras3"]]:
-        done = classify(folder / "a.jpg", "--weights", weights)
-        assert done.returncode == 1 and done.stdout == ""
-        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
-        assert str(weights) in done.stderr
+        status, out, err = run_cli("classify", folder / "a.jpg", "--weights", weights)
+        assert status == 1 and out == ""
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert str(weights) in err

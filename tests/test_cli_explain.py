@@ -1,4 +1,4 @@
-"""`keras-xception explain`, driven as a user would: in a subprocess."""
+"""`keras-xception explain` through `keras_xception.cli.main`, in this process."""
 
 import json
 import shutil
@@ -10,8 +10,7 @@ from PIL import Image
 from keras_xception import overlay, preprocess_input
 from keras_xception.explain import explain_batch
 from keras_xception.images import decode
-from tests import commandline, realweights
-from tests.test_cli_classify import write_top_weights
+from tests import realweights
 
 
 @pytest.fixture(scope="module")
@@ -27,36 +26,31 @@ def photos(kitchen_photos, tmp_path_factory):
     return root
 
 
-def explain(*args):
-    return commandline.run("explain", *args)
-
-
 def png(path):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "RGB"
         return np.asarray(image)
 
 
-def test_fine_tuned_model(photos, tmp_path):
+def test_fine_tuned_model(run_cli, kitchen_model, photos, tmp_path):
     """The kitchenware `.keras` model (a nested base, pixels scaled outside
     the model): one PNG per photo at its size, named after it, the same
     picture as the Python API draws; a bad file named, the others done."""
     model_file = realweights.package_root() / realweights.MODEL_FILE
     out = tmp_path / "out"
-    done = explain(photos / "a", photos / "b", "--model", model_file,
-                   "--output", out, "--json")
-    assert done.returncode == 1
-    errors = done.stderr.strip().splitlines()
-    assert len(errors) == 1 and "broken.jpg" in errors[0], done.stderr
-    results = json.loads(done.stdout)
+    status, stdout, stderr = run_cli("explain", photos / "a", photos / "b",
+                                     "--model", model_file, "--output", out, "--json")
+    assert status == 1
+    errors = stderr.strip().splitlines()
+    assert len(errors) == 1 and "broken.jpg" in errors[0], stderr
+    results = json.loads(stdout)
     sources = [photos / "a" / "sub" / "y.jpg", photos / "a" / "x.jpg", photos / "b" / "x.jpg"]
     assert [r["path"] for r in results] == list(map(str, sources))
     assert [r["overlay"] for r in results] == [
         str(out / "sub" / "y.png"), str(out / "x.png"), str(out / "x-2.png")]
 
-    model = realweights.load_kitchenware_model()
     x = preprocess_input(np.stack([decode(p, (150, 150)) for p in sources]))
-    expected = explain_batch(model, x)
+    expected = explain_batch(kitchen_model, x)
     probabilities = np.exp(expected.logits) / np.exp(expected.logits).sum(-1, keepdims=True)
     for i, (result, source) in enumerate(zip(results, sources)):
         assert result["class_index"] == expected.class_indices[i]
@@ -71,16 +65,16 @@ def test_fine_tuned_model(photos, tmp_path):
     assert not list(out.rglob(".*"))  # No temporary files left.
 
 
-def test_imagenet_model_top_classes(kitchen_photos, imagenet_notop_arrays, tmp_path):
+def test_imagenet_model_top_classes(run_cli, kitchen_photos, imagenet_top_weights,
+                                    tmp_path):
     """`--weights` (as classify) and `--top 2`: two PNGs per photo, the
     ImageNet labels, scores in order; `--jsonl` lines parse."""
-    weights = tmp_path / "xception_top.weights.h5"
-    write_top_weights(weights, imagenet_notop_arrays)
     out = tmp_path / "out"
-    done = explain(kitchen_photos[3], "--weights", weights, "--output", out,
-                   "--top", "2", "--jsonl")
-    assert done.returncode == 0, done.stderr
-    results = [json.loads(line) for line in done.stdout.splitlines()]
+    status, stdout, stderr = run_cli("explain", kitchen_photos[3], "--weights",
+                                     imagenet_top_weights, "--output", out,
+                                     "--top", "2", "--jsonl")
+    assert status == 0, stderr
+    results = [json.loads(line) for line in stdout.splitlines()]
     stem = kitchen_photos[3].stem
     assert [r["overlay"] for r in results] == [
         str(out / f"{stem}.top1.png"), str(out / f"{stem}.top2.png")]
@@ -100,14 +94,15 @@ def test_imagenet_model_top_classes(kitchen_photos, imagenet_notop_arrays, tmp_p
     (["--output", "{dir}", "--top", "2", "--class", "3"], "not allowed with argument"),
     (["--output", "{dir}", "--model", "{file}"], "is not a readable .keras model file"),
 ])
-def test_bad_arguments_are_one_line_before_any_work(kitchen_photos, tmp_path, args, message):
+def test_bad_arguments_are_one_line_before_any_work(run_cli, kitchen_photos, tmp_path,
+                                                    args, message):
     afile = tmp_path / "file.keras"
     afile.write_text("text")
     args = [a.format(file=afile, dir=tmp_path / "out") for a in args]
-    done = explain(kitchen_photos[0], *args)
-    assert done.returncode == 1
-    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
-    assert done.stdout == ""
+    status, stdout, stderr = run_cli("explain", kitchen_photos[0], *args)
+    assert status == 1
+    assert stderr.count("\n") == 1 and message in stderr, stderr
+    assert stdout == ""
     assert not (tmp_path / "out").exists()
 
 

@@ -29,8 +29,7 @@ from keras_xception.explain import explain_batch
 from keras_xception.images import decode
 from keras_xception.model import Xception
 from keras_xception.transfer import base_of, build_classifier
-from tests import realweights
-from tests.test_inference import synthetic_top
+from tests.realweights import synthetic_top
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -133,11 +132,6 @@ def set_base_weights(base, arrays):
 
 def photo_batch(paths, size):
     return preprocess_input(np.stack([decode(p, (size, size)) for p in paths]))
-
-
-@pytest.fixture(scope="module")
-def kitchen_model():
-    return realweights.load_kitchenware_model()
 
 
 @pytest.fixture(scope="module")

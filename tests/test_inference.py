@@ -13,15 +13,7 @@ from keras_xception import Xception, optimize_for_inference
 from keras_xception.architecture import weight_layout
 from keras_xception.inference import fold_batch_norm
 from keras_xception.preprocessing import load_image, preprocess_input
-
-
-def synthetic_top(seed=0):
-    """A fixed random Dense(2048 -> 1000) classifier: (kernel, bias)."""
-    rng = np.random.default_rng(seed)
-    return [
-        rng.normal(0.0, 0.3, (2048, 1000)).astype("float32"),
-        rng.normal(0.0, 0.05, (1000,)).astype("float32"),
-    ]
+from tests.realweights import synthetic_top
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from keras_xception.inference import AccuracyWarning, cpu, guard
 from keras_xception.inference import tensorflow as keras_runtime
 from keras_xception.inference import openvino as ov_runtime
 from keras_xception.preprocessing import load_image, preprocess_input
-from tests import realweights
 
 ZEN4 = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"})
 AVX2 = frozenset({"avx", "avx2", "fma", "f16c"})
@@ -234,7 +233,8 @@ def imagenet_features(imagenet_notop_arrays):
 @pytest.mark.numerics
 @pytest.mark.parametrize("runtime", available_runtimes())
 def test_bf16_features_and_kitchen_head_stay_close(runtime, imagenet_features,
-                                                   kitchen_batch, kitchen_photos):
+                                                   kitchen_batch, kitchen_photos,
+                                                   kitchen_model):
     """bf16 vs float32 on 18 photos: features cos >= 0.998, head agrees 18/18."""
     expected = imagenet_features.predict(kitchen_batch, batch_size=6, verbose=0)
     got = optimize_for_inference(imagenet_features, "bfloat16",
@@ -242,7 +242,7 @@ def test_bf16_features_and_kitchen_head_stay_close(runtime, imagenet_features,
     assert got.shape == (18, 2048) and got.dtype == np.float32
     assert cosines(got, expected).min() >= guard.THRESHOLD
     # The fine-tuned classifier: Xception nested in it, a small head after.
-    kitchen = realweights.load_kitchenware_model()
+    kitchen = kitchen_model
     size = tuple(kitchen.inputs[0].shape[1:3])  # the classifier's 150x150
     photos = np.stack([preprocess_input(load_image(p, target_size=size))
                        for p in kitchen_photos])

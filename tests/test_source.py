@@ -13,32 +13,13 @@ import keras
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from keras_xception import cli, source
+from keras_xception import source
 from keras_xception.errors import ConfigError, WeightsError
 from tests import realweights
+from tests.realweights import pillow_pixels
 
 SIZE = 150  # keras.io's transfer-learning guide resizes to 150x150.
-
-
-def run_cli(capsys, *argv):
-    """`keras-xception ARGV...` in this process: `(status, stdout, stderr)`."""
-    capsys.readouterr()
-    status = cli.main([str(a) for a in argv])
-    sys.stdout.flush()
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def pillow_pixels(paths, size):
-    """Photos decoded and resized by Pillow alone, float32 in [0, 255]."""
-    out = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            out.append(np.asarray(image, np.float32))
-    return np.stack(out)
 
 
 def softmax(x):
@@ -98,9 +79,9 @@ def test_source_reads_a_kerasio_model_from_its_file_alone(kerasio_model):
 
 
 def test_every_command_gives_the_kerasio_model_one_answer(
-    capsys, kerasio_model, photos, reference, tmp_path
+    run_cli, kerasio_model, photos, reference, tmp_path
 ):
-    status, out, err = run_cli(capsys, "classify", *photos, "--model", kerasio_model,
+    status, out, err = run_cli("classify", *photos, "--model", kerasio_model,
                                "--json", "--precision", "float32")
     assert status == 0, err
     interactive = json.loads(out)
@@ -108,7 +89,7 @@ def test_every_command_gives_the_kerasio_model_one_answer(
     assert [len(r["predictions"]) for r in interactive] == [3, 3, 3]
     assert {r["score_rule"] for r in interactive} == {source.SOFTMAX_OF_LOGITS}
 
-    status, _, err = run_cli(capsys, "classify", *photos, "--model", kerasio_model,
+    status, _, err = run_cli("classify", *photos, "--model", kerasio_model,
                              "--output", tmp_path / "batch", "--engine", "local")
     assert status == 0, err
     manifest = json.loads((tmp_path / "batch" / "_manifest.json").read_text())
@@ -116,7 +97,7 @@ def test_every_command_gives_the_kerasio_model_one_answer(
     batch = pq.read_table(tmp_path / "batch").to_pylist()
     batch = {row["path"]: row for row in batch}
 
-    status, out, err = run_cli(capsys, "explain", *photos, "--model", kerasio_model,
+    status, out, err = run_cli("explain", *photos, "--model", kerasio_model,
                                "--output", tmp_path / "png", "--json")
     assert status == 0, err
     explained = json.loads(out)
@@ -137,10 +118,10 @@ def test_every_command_gives_the_kerasio_model_one_answer(
                                    result["predictions"][0]["score"], atol=1e-5)
 
 
-def test_classify_a_fine_tuned_model_interactively(capsys, photos):
+def test_classify_a_fine_tuned_model_interactively(run_cli, photos):
     """`classify photo.jpg --model kitchen.keras`: refused before; its classes now."""
     model_file = realweights.package_root() / realweights.MODEL_FILE
-    status, out, err = run_cli(capsys, "classify", photos[0], "--model", model_file,
+    status, out, err = run_cli("classify", photos[0], "--model", model_file,
                                "--jsonl", "--top", "2", "--precision", "float32")
     assert status == 0, err
     (record,) = [json.loads(line) for line in out.splitlines()]
@@ -155,18 +136,18 @@ def test_classify_a_fine_tuned_model_interactively(capsys, photos):
                                expected[best], atol=0.03)
 
 
-def test_a_top_above_the_classes_is_one_line_before_any_work(capsys, kerasio_model,
+def test_a_top_above_the_classes_is_one_line_before_any_work(run_cli, kerasio_model,
                                                               photos, tmp_path):
     for argv in (["classify", photos[0], "--top", "4"],
                  ["classify", photos[0], "--top", "4", "--output", tmp_path / "o"],
                  ["explain", photos[0], "--top", "4", "--output", tmp_path / "p"]):
-        status, out, err = run_cli(capsys, *argv, "--model", kerasio_model)
+        status, out, err = run_cli(*argv, "--model", kerasio_model)
         assert status == 1 and out == ""
         assert err == ("error: --top must be from 1 to 3, the model's classes. "
                        "Received: --top 4\n")
     # Nothing was written, so the corrected command is not "another model".
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
-    status, _, err = run_cli(capsys, "classify", photos[0], "--top", "2", "--model",
+    status, _, err = run_cli("classify", photos[0], "--top", "2", "--model",
                              kerasio_model, "--output", tmp_path / "o")
     assert status == 0, err
 
@@ -254,17 +235,17 @@ def test_a_broken_keras_file_is_one_line(tmp_path, content, match):
         source.open_source(path)
 
 
-def test_jsonl_with_output_is_refused_not_ignored(capsys, kerasio_model, photos,
+def test_jsonl_with_output_is_refused_not_ignored(run_cli, kerasio_model, photos,
                                                   tmp_path):
-    status, out, err = run_cli(capsys, "classify", photos[0], "--model", kerasio_model,
+    status, out, err = run_cli("classify", photos[0], "--model", kerasio_model,
                                "--output", tmp_path / "o", "--jsonl")
     assert status == 1 and out == ""
     assert err.startswith("error: --jsonl ") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
 
 
-def test_batch_options_without_output_are_named(capsys, photos):
-    status, out, err = run_cli(capsys, "classify", photos[0], "--shard-size", "3",
+def test_batch_options_without_output_are_named(run_cli, photos):
+    status, out, err = run_cli("classify", photos[0], "--shard-size", "3",
                                "--overwrite")
     assert status == 1 and out == ""
     assert err == ("error: --shard-size, --overwrite apply only to a batch job: add "
@@ -272,7 +253,7 @@ def test_batch_options_without_output_are_named(capsys, photos):
 
 
 def test_a_killed_exports_temporary_is_removed_by_the_next_export(
-    capsys, kerasio_model, tmp_path
+    run_cli, kerasio_model, tmp_path
 ):
     import subprocess
 
@@ -288,19 +269,19 @@ def test_a_killed_exports_temporary_is_removed_by_the_next_export(
     subprocess.run([sys.executable, "-c", code], check=False)
     left = [p for p in tmp_path.iterdir() if p.name.startswith(".model.onnx.")]
     assert len(left) == 1
-    status, _, err = run_cli(capsys, "export", kerasio_model, out, "--format", "onnx")
+    status, _, err = run_cli("export", kerasio_model, out, "--format", "onnx")
     assert status == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-def test_a_missing_extra_is_one_line_before_any_work(capsys, monkeypatch, photos,
+def test_a_missing_extra_is_one_line_before_any_work(run_cli, monkeypatch, photos,
                                                       tmp_path):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "pyarrow" else real(name, *a))
-    status, out, err = run_cli(capsys, "embed", photos[0], "--output", tmp_path / "o")
+    status, out, err = run_cli("embed", photos[0], "--output", tmp_path / "o")
     assert status == 1 and out == ""
     assert err == ("error: embed needs pyarrow, which is not installed: "
                    "pip install 'keras-xception[batch]'\n")
