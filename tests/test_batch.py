@@ -192,6 +192,7 @@ def test_a_csv_without_the_path_column_is_one_line(tmp_path):
     assert "no column 'path'" in done.stderr and "--path-column" in done.stderr
 
 
+@pytest.mark.slow
 def test_killed_then_rerun_has_each_input_exactly_once(small_classifier, kitchen_photos,
                                                        tmp_path):
     folder = tmp_path / "in"
@@ -224,6 +225,7 @@ def test_killed_then_rerun_has_each_input_exactly_once(small_classifier, kitchen
     assert not [p for p in output.rglob(".*")]
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_another_models_results(embedded, small_classifier, folder,
                                                    tmp_path):
     output = tmp_path / "out"
@@ -250,6 +252,7 @@ def test_overwrite_replaces_another_models_results(embedded, small_classifier, f
     np.testing.assert_allclose(embeddings(table), embeddings(fresh), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_classify_with_imagenet_top_weights_names_imagenet_classes(
         folder, imagenet_top_weights, tmp_path):

@@ -63,6 +63,7 @@ def small_classifier(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_embedded_ray_stays_on_loopback_and_equals_the_local_engine(
         small_classifier, kitchen_photos, tmp_path, monkeypatch):
     """No address: Ray starts embedded, on 127.0.0.1, and is shut down after."""
@@ -98,6 +99,7 @@ def test_embedded_ray_stays_on_loopback_and_equals_the_local_engine(
         rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_actors_write_the_shards_and_the_driver_gets_only_reports(
         small_classifier, kitchen_photos, tmp_path, monkeypatch):
     """What reaches the driver per shard is its counts and errors, never its rows."""
@@ -150,6 +152,7 @@ def test_the_actors_write_the_shards_and_the_driver_gets_only_reports(
         np.stack(want["embedding"].to_numpy(zero_copy_only=False)), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_embed_on_a_two_node_cluster_equals_the_local_engine(
         cluster, small_classifier, kitchen_photos, tmp_path):
     from ray.util import state

@@ -474,6 +474,7 @@ JAX_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_jax_matches_tensorflow(kitchen_model, kitchen_batch, tmp_path):
     """The JAX backend computes the same maps. Its convolutions are other

@@ -16,6 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_NEUTRAL_TESTS = ["tests/test_model.py", "tests/test_preprocessing.py"]
 
 
+@pytest.mark.slow
 def test_model_tests_pass_under_jax():
     if keras.backend.backend() == "jax":
         pytest.skip("this pytest process already runs under KERAS_BACKEND=jax")

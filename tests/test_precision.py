@@ -230,6 +230,7 @@ def imagenet_features(imagenet_notop_arrays):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 @pytest.mark.parametrize("runtime", available_runtimes())
 def test_bf16_features_and_kitchen_head_stay_close(runtime, imagenet_features,

@@ -252,6 +252,7 @@ def test_batch_options_without_output_are_named(run_cli, photos):
                    "--output DIR to write Parquet results there, or leave them out.\n")
 
 
+@pytest.mark.slow
 def test_a_killed_exports_temporary_is_removed_by_the_next_export(
     run_cli, kerasio_model, tmp_path
 ):

@@ -272,6 +272,7 @@ def test_progress_bar_shows_bytes(server, cache, payload, capsys):
     assert f"{len(payload)}/{len(payload)}" in out
 
 
+@pytest.mark.slow
 def test_four_processes_end_with_one_verified_file(server, cache, tmp_path):
     payload = h5_bytes(size=2_000_000)
     # Served slowly (about 1 s), so that the four downloads overlap.
