@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import pathlib
 import re
@@ -121,9 +122,19 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
 
 
 def _owner() -> str:
-    """This process as a temporary's name records it: `<host>-<pid>`."""
-    host = "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
-    return f"{host}-{os.getpid()}"
+    """This process as a temporary's name records it: `<machine>-<pid>`.
+
+    `<machine>` is 12 hex digits of a hash of the host name and the PID
+    namespace, so a PID is only ever judged alive or dead where it means
+    the same process: not on another host sharing the file system, nor in
+    another container with the same host name.
+    """
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = ""
+    tag = f"{socket.gethostname()}/{namespace}".encode("utf-8", "surrogateescape")
+    return f"{hashlib.sha256(tag).hexdigest()[:12]}-{os.getpid()}"
 
 
 def _temporary_prefix(path: pathlib.Path) -> str:
@@ -280,7 +291,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # Another user's process (EPERM): alive.
+    except (OSError, OverflowError):  # Another user's (EPERM), or not a PID: kept.
         return True
     return True
 
@@ -304,9 +315,10 @@ def remove_dead_temporaries(path: str | os.PathLike, *, any_name: bool = False) 
     folder = path.parent
     if not folder.is_dir():
         return []
-    owner = _owner()
-    host = owner.rsplit("-", 1)[0]
-    marker = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.[^.]+" + re.escape(TEMP_SUFFIX))
+    machine = _owner().rsplit("-", 1)[0]
+    # ".<name>.<machine>-<pid>.<mkstemp's 8 characters>.tmp<writer's suffix>"
+    marker = re.compile(r"\.(?P<machine>[0-9a-f]{12})-(?P<pid>\d{1,10})\.[a-z0-9_]{8}"
+                        + re.escape(TEMP_SUFFIX) + r"(\.[A-Za-z0-9.]+)?$")
     prefix = f".{path.name}."
     removed = []
     for tmp in folder.iterdir():
@@ -314,8 +326,10 @@ def remove_dead_temporaries(path: str | os.PathLike, *, any_name: bool = False) 
         if not name.startswith("." if any_name else prefix):
             continue
         match = marker.search(name, 1 if any_name else len(prefix) - 1)
-        if match is None or match.group("host") != host:
+        if match is None or match.group("machine") != machine:
             continue
+        if not any_name and match.start() != len(prefix) - 1:
+            continue  # Another file's temporary whose name begins like this one's.
         pid = int(match.group("pid"))
         if pid == os.getpid() or _alive(pid):
             continue

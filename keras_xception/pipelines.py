@@ -159,13 +159,19 @@ def png_name(job: Job, rank: int, top: int) -> pathlib.PurePath:
     return job.name.with_name(job.name.name + suffix)
 
 
-def resolve_class(text, src) -> int:
+def resolve_class(text, src, count=None) -> int:
     """The class index that `text` (an index, a name or a synset) names.
+
+    Args:
+        text: What the user gave.
+        src: The `Source`, for its class names and count.
+        count: The class count, when the source could not tell it
+            (`Loaded.classes`).
 
     Raises:
         ConfigError: If it names no class of `src`, or more than one.
     """
-    count = src.classes
+    count = src.classes if count is None else count
     text = str(text).strip()
     if text.lstrip("-").isdigit():
         index = int(text)
@@ -225,7 +231,16 @@ def explain(jobs, loaded, *, class_index=None, top=1, layer=None, alpha=0.4,
     from keras_xception.explain import explain_batch, logits_to_outputs, overlay
     from keras_xception.images import decode, iter_batches
 
+    from keras_xception.checks import positive_int
+
+    top = positive_int(top, "top", maximum=loaded.classes)
     model = loaded.model
+    if model.outputs[0].shape[-1] == 1:
+        raise ConfigError(
+            f"{loaded.source.given} has a single output (a binary classifier): "
+            "Grad-CAM here explains one output per class. Save the model with "
+            "two softmax outputs to explain it."
+        )
     batches = iter_batches(jobs, target_size=loaded.source.input_size,
                            batch_size=batch_size, on_error=on_error,
                            max_pixels=max_pixels)

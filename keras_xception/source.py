@@ -18,8 +18,7 @@ What a source can be:
   smaller file without it);
 - the path of a weights file: legacy Keras 2 `.h5` or Keras 3 `.weights.h5`,
   with or without the classifier top (the file says which);
-- an http(s) URL of a weights file or a `.keras` model (downloaded into the
-  cache once);
+- an http(s) URL of a weights file (downloaded into the cache once);
 - a `.keras` model file: a flat `Xception`, `build_classifier`'s model, a
   `keras.Sequential`, or a model with the Xception base nested as keras.io's
   transfer-learning guide builds it.
@@ -42,8 +41,13 @@ which never scales its own input.
 
 The score rule. A score is always a probability: the model's own output
 when it ends in a softmax or a sigmoid, else the softmax of its outputs
-(taken as logits), or their sigmoid for a single output. `Loaded.score_rule`
-says which, in words a command prints.
+(taken as logits), or their sigmoid for a single output. A model with a
+single output (a sigmoid, or one logit) is a binary classifier: its output
+is the probability of class 1, and it is given as two classes, `1 - p` and
+`p`, so that names saved for its two classes line up. `Loaded.score_rule`
+says which rule, in words a command prints.
+
+A model must have one output; one with several is refused.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import json
 import os
 import pathlib
 import zipfile
+import zlib
 
 from keras_xception import architecture
 from keras_xception.checks import one_line
@@ -75,8 +80,9 @@ BASE_LAST = "block14_sepconv2_act"
 # How a model's outputs become probabilities (see the module docstring).
 MODEL_SOFTMAX = "the model's softmax"
 MODEL_SIGMOID = "the model's sigmoid"
-SOFTMAX_OF_LOGITS = "softmax of the model's outputs"
-SIGMOID_OF_LOGIT = "sigmoid of the model's output"
+SOFTMAX_OF_LOGITS = "the softmax of the model's outputs"
+SIGMOID_OF_LOGIT = "the sigmoid of the model's output"
+_SIGMOIDS = (MODEL_SIGMOID, SIGMOID_OF_LOGIT)
 
 # One entry per file and process: (path, stat identity) -> sha256.
 _digests: dict[tuple, str] = {}
@@ -121,7 +127,7 @@ class Source:
 
     def identity(self) -> dict:
         """What makes two runs' results comparable: the file's name and hash."""
-        return {"source": os.path.basename(self.path), "kind": self.kind,
+        return {"source": os.path.basename(self.path), "source_kind": self.kind,
                 "sha256": self.sha256}
 
     def class_name(self, index: int) -> str:
@@ -149,10 +155,10 @@ class Source:
         limit = min(self.classes or MAX_TOP, MAX_TOP)
         if top is None:
             return min(5, limit)
-        if top is not None and positive_int(top, option) > limit:
+        if positive_int(top, option) > limit:
+            what = "the model's classes" if self.classes == limit else "the most shown"
             raise ConfigError(
-                f"{option} must be from 1 to {limit}, the model's classes. "
-                f"Received: {option} {top}"
+                f"{option} must be from 1 to {limit}, {what}. Received: {option} {top}"
             )
         return int(top)
 
@@ -178,12 +184,23 @@ class Source:
         if self.kind == WEIGHTS:
             model = _build_from_weights(self, embed=embed, pooling=pooling)
         else:
-            model = _load_keras(self.path)
+            model = _load_keras(self.path, self.class_names)
             if embed:
                 model = _embedding_model(model)
+        if len(model.outputs) != 1:
+            raise ConfigError(_MANY_OUTPUTS.format(given=self.given, n=len(model.outputs)))
         own = rescales_itself(model)
         rule = None if embed or not self.has_top else score_rule(model)
-        return Loaded(self, model, own, rule)
+        classes = None
+        if rule is not None:
+            units = model.outputs[0].shape[-1]
+            classes = 2 if units == 1 and rule in _SIGMOIDS else units
+            if self.class_names is not None and len(self.class_names) != classes:
+                raise ConfigError(
+                    f"{self.given} saves {len(self.class_names)} class names for "
+                    f"{classes} classes; save the model again with its class names."
+                )
+        return Loaded(self, model, own, rule, classes)
 
 
 @dataclasses.dataclass
@@ -197,17 +214,21 @@ class Loaded:
             the module docstring); else `prepare` applies `preprocess_input`.
         score_rule: How `scores` turns outputs into probabilities (one of
             the module's `MODEL_SOFTMAX` ... constants), `None` for features.
+        classes: The classes `scores` gives (2 for a single sigmoid or
+            logit output), `None` for features.
     """
 
     source: Source
     model: object
     rescales_itself: bool
     score_rule: str | None
+    classes: int | None = None
 
     def prepare(self, pixels):
         """Pixels in [0, 255] (float, `(N, H, W, 3)`) as the model takes them.
 
-        A new array; `pixels` is never changed.
+        `pixels` itself when the model scales its own input, else a new
+        array; `pixels` is never changed.
         """
         if self.rescales_itself:
             return pixels
@@ -221,18 +242,25 @@ class Loaded:
 
 
 def probabilities(outputs, rule):
-    """`outputs` (N, classes) as probabilities by `rule` (float32, a new array)."""
+    """`outputs` (N, classes) as probabilities by `rule` (float32, a new array).
+
+    A single sigmoid or logit output `p` becomes two classes, `1 - p` and `p`.
+    """
     import numpy as np
 
     outputs = np.asarray(outputs, np.float32)
-    if rule in (MODEL_SOFTMAX, MODEL_SIGMOID, None):
-        return outputs.copy()
     if rule == SIGMOID_OF_LOGIT:
         with np.errstate(over="ignore"):
-            return (1.0 / (1.0 + np.exp(-outputs))).astype(np.float32)
-    shifted = outputs - outputs.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+            outputs = (1.0 / (1.0 + np.exp(-outputs))).astype(np.float32)
+    elif rule in (MODEL_SOFTMAX, MODEL_SIGMOID, None):
+        outputs = outputs.copy()
+    else:
+        shifted = outputs - outputs.max(axis=-1, keepdims=True)
+        e = np.exp(shifted)
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    if rule in _SIGMOIDS and outputs.shape[-1] == 1:
+        return np.concatenate([1 - outputs, outputs], axis=-1)
+    return outputs
 
 
 # --- opening: no TensorFlow -----------------------------------------------------
@@ -243,7 +271,7 @@ def open_source(given, *, need_top: bool = False, progress=True) -> Source:
 
     Args:
         given: `"imagenet"`, a weights or `.keras` file, or an http(s) URL
-            of one.
+            of a weights file.
         need_top: Whether the command needs a classifier: picks the
             `"imagenet"` file, and refuses weights without the top.
         progress: Where a download reports progress (`True`, `False` or a
@@ -251,7 +279,8 @@ def open_source(given, *, need_top: bool = False, progress=True) -> Source:
 
     Returns:
         A `Source`. The same one for the same file in the same process: the
-        file is resolved, checked and hashed once.
+        file is checked and hashed once (a later call only finds it again:
+        a `stat` for a local file).
 
     Raises:
         WeightsError: If the file cannot be fetched, is missing, or is not
@@ -269,7 +298,10 @@ def open_source(given, *, need_top: bool = False, progress=True) -> Source:
         )
     key = (given, need_top)
     if given != IMAGENET and not weights_lib.is_url(given):
-        local = pathlib.Path(given).expanduser()
+        try:
+            local = pathlib.Path(given).expanduser()
+        except RuntimeError:  # `~user` for no such user.
+            raise WeightsError(f"No such file: {given!r}. Check the path.") from None
         if not local.exists() and given.endswith(".keras"):
             raise WeightsError(f"Model file not found: {given!r}. Check the path.")
         if local.is_dir():
@@ -355,14 +387,28 @@ def _open_keras(given, path) -> Source:
             metadata = {}
             if KERAS_METADATA in names:
                 metadata = json.loads(archive.read(KERAS_METADATA))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, RuntimeError,
+            NotImplementedError, RecursionError) as err:
         raise WeightsError(
             f"{given} is not a readable .keras model file: {one_line(err)}. "
             "Is it complete? Save the model again with model.save()."
         ) from None
+    if not isinstance(config, dict):
+        raise WeightsError(
+            f"{given} is not a Keras model file: its {KERAS_CONFIG} holds no "
+            "model configuration. Save the model with model.save()."
+        )
     facts = _config_facts(config)
+    if facts.outputs > 1:
+        raise ConfigError(_MANY_OUTPUTS.format(given=given, n=facts.outputs))
     class_names = metadata.get("class_names") if isinstance(metadata, dict) else None
     if class_names is not None:
+        if not isinstance(class_names, list) or not all(
+                isinstance(c, (str, int)) and not isinstance(c, bool) for c in class_names):
+            raise WeightsError(
+                f"{given} has class names that are not a list of names in its "
+                f"{KERAS_METADATA}. Received: class_names={one_line(repr(class_names), 80)}"
+            )
         class_names = tuple(str(c) for c in class_names)
         if facts.classes is not None and len(class_names) != facts.classes:
             class_names = None  # Saved for another head: indices are honest.
@@ -383,12 +429,18 @@ def _open_keras(given, path) -> Source:
     )
 
 
+_MANY_OUTPUTS = ("{given} is a model with {n} outputs; keras-xception takes a "
+                 "model with one (class scores or features). Keep one output "
+                 "with keras.Model(model.input, model.outputs[0]) and save it.")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Facts:
     input_size: tuple[int, int]
     has_top: bool
     classes: int | None
     score_rule: str | None = None
+    outputs: int = 1
 
 
 def _config_facts(config) -> _Facts:
@@ -410,25 +462,28 @@ def _config_facts(config) -> _Facts:
         if shape is None:
             shape = inner.get("build_input_shape")
         height, width = (shape[1] or size, shape[2] or size) if shape else (size, size)
-        has_top, classes, activation = _output_facts(config)
-        rule = None
-        if has_top and activation is not None:
-            rule = _RULES.get(activation) or (
-                SIGMOID_OF_LOGIT if classes == 1 else
-                SOFTMAX_OF_LOGITS if classes is not None else None)
-        return _Facts((int(height), int(width)), has_top, classes, rule)
+        input_size = (int(height), int(width))
     except (KeyError, TypeError, IndexError, ValueError, AttributeError):
-        return _Facts((size, size), True, None)
+        input_size = (size, size)
+    try:
+        has_top, units, activation, outputs = _output_facts(config)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, RecursionError):
+        return _Facts(input_size, True, None)
+    rule = None
+    if has_top and activation is not None:
+        rule = _RULES.get(activation) or (
+            SIGMOID_OF_LOGIT if units == 1 else
+            SOFTMAX_OF_LOGITS if units is not None else None)
+    classes = 2 if units == 1 and rule in _SIGMOIDS else units
+    return _Facts(input_size, has_top, classes, rule, outputs)
 
 
 _RULES = {"softmax": MODEL_SOFTMAX, "sigmoid": MODEL_SIGMOID}
 
 
-_HEADS = ("Dense", "Activation", "Softmax")
-
-
-def _output_facts(config) -> tuple[bool, int | None, str | None]:
-    """Whether the configured model ends in a classifier, its units and activation."""
+def _output_facts(config) -> tuple[bool, int | None, str | None, int]:
+    """Whether the configured model ends in a classifier, its units, its
+    activation and its number of outputs."""
     kind = config.get("class_name")
     inner = config["config"]
     layers = inner["layers"]
@@ -437,24 +492,38 @@ def _output_facts(config) -> tuple[bool, int | None, str | None]:
     else:
         by_name = {l.get("name") or l["config"].get("name"): l for l in layers}
         outputs = inner["output_layers"]
+        if isinstance(outputs, dict):
+            return True, None, None, len(outputs)
         if outputs and isinstance(outputs[0], str):  # A single [name, i, j].
             outputs = [outputs]
         if len(outputs) != 1:
-            return True, None, None
+            return True, None, None, len(outputs)
         chain = [by_name[outputs[0][0]]]
     last = chain[-1]
-    if last.get("class_name") in ("Functional", "Sequential", "Model"):
+    name = last.get("class_name")
+    if name in ("Functional", "Sequential", "Model"):
         return _output_facts(last)
     activation = last["config"].get("activation")
     if not isinstance(activation, str):
         activation = None  # A custom or serialized callable: from the loaded model.
-    if last.get("class_name") == "Dense":
-        return True, int(last["config"]["units"]), activation
-    if last.get("class_name") == "Softmax":
-        return True, None, "softmax"
-    if last.get("class_name") in _HEADS:
-        return True, None, activation  # Its units: from the loaded model.
-    return False, None, None
+    if name == "Dense":
+        return True, int(last["config"]["units"]), activation, 1
+    if name in ("Softmax", "Sigmoid"):  # The layer, or keras.ops.softmax/sigmoid.
+        return True, _units_before(last, chain), name.lower(), 1
+    if name == "Activation":
+        return True, _units_before(last, chain), activation, 1
+    return False, None, None, 1
+
+
+def _units_before(layer, chain):
+    """The width of what feeds `layer` (a Softmax or Activation), or `None`."""
+    if len(chain) > 1 and chain[-2].get("class_name") == "Dense":  # Sequential.
+        return int(chain[-2]["config"]["units"])
+    try:  # Functional: the input tensor's serialized shape.
+        units = layer["inbound_nodes"][0]["args"][0]["config"]["shape"][-1]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return int(units) if isinstance(units, int) else None
 
 
 # --- loading: Keras --------------------------------------------------------------
@@ -477,22 +546,16 @@ def _build_from_weights(source: Source, *, embed, pooling):
                     pooling="avg" if embed else pooling)
 
 
-def _load_keras(path):
+def _load_keras(path, class_names):
     import keras
-
-    from keras_xception.training.saving import read_class_names
 
     try:
         model = keras.saving.load_model(path, compile=False)
     except (OSError, ValueError, TypeError, KeyError, EOFError, AttributeError,
-            zipfile.BadZipFile) as err:
+            zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as err:
         raise WeightsError(f"Cannot load the Keras model {path}: {one_line(err)}") from None
-    try:
-        names = read_class_names(path)
-    except ConfigError:
-        names = None
-    if names is not None:
-        model.class_names = names
+    if class_names is not None:
+        model.class_names = class_names
     return model
 
 
@@ -521,6 +584,14 @@ def rescales_itself(model) -> bool:
     import keras
 
     scaling = (keras.layers.Rescaling, keras.layers.Normalization)
+
+    def scales(layer) -> bool:
+        """A scaling layer, or a sub-model (a preprocessing block) holding one."""
+        if isinstance(layer, scaling):
+            return True
+        graph = _graph(layer)
+        return graph is not None and any(scales(inner) for inner in graph.layers)
+
     path = base_path(model) or [model]
     for depth, current in enumerate(path):
         graph = _graph(current)
@@ -530,10 +601,10 @@ def rescales_itself(model) -> bool:
         for layer in graph.layers:
             if layer is stop or layer.name == BASE_FIRST:
                 break
-            if isinstance(layer, scaling):
-                return True
             if stop is None and isinstance(layer, keras.layers.Conv2D):
                 break
+            if scales(layer):
+                return True
     return False
 
 
@@ -545,12 +616,12 @@ def score_rule(model) -> str:
 
     op = _final_op(model)
     activation = None
-    if isinstance(op, keras.layers.Dense):
+    if isinstance(op, (keras.layers.Dense, keras.layers.Activation)):
         activation = op.activation
-    elif isinstance(op, keras.layers.Softmax):
+    elif type(op).__name__ == "Softmax":  # The layer, or keras.ops.softmax's operation.
         activation = keras.activations.softmax
-    elif isinstance(op, keras.layers.Activation):
-        activation = op.activation
+    elif type(op).__name__ == "Sigmoid":  # keras.ops.sigmoid's operation.
+        activation = keras.activations.sigmoid
     if activation is keras.activations.softmax:
         return MODEL_SOFTMAX
     if activation is keras.activations.sigmoid:

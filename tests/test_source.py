@@ -184,7 +184,8 @@ def test_scores_are_probabilities_by_one_rule():
     np.testing.assert_allclose(source.probabilities(logits, source.SOFTMAX_OF_LOGITS),
                                softmax(logits), rtol=1e-6)
     np.testing.assert_allclose(
-        source.probabilities(np.array([[0.0]]), source.SIGMOID_OF_LOGIT), [[0.5]])
+        source.probabilities(np.array([[np.log(3.0)]]), source.SIGMOID_OF_LOGIT),
+        [[0.25, 0.75]], rtol=1e-6)
     own = np.array([[0.7, 0.2, 0.1]], np.float32)
     assert source.probabilities(own, source.MODEL_SOFTMAX).tolist() == own.tolist()
 
@@ -315,3 +316,89 @@ def test_an_embed_run_reads_and_hashes_its_weights_once(imagenet_notop_files,
               weights=str(imagenet_notop_files["keras3"]))
     # Checked once before any work, read once to build the model; hashed once.
     assert calls == {"parse": 2, "hash": 1}
+
+
+def _small_base():
+    return keras.applications.Xception(weights=None, include_top=False,
+                                       input_shape=(71, 71, 3))
+
+
+def _save(model, tmp_path, name="m.keras", class_names=None):
+    from keras_xception.training.saving import save_classifier
+
+    path = tmp_path / name
+    save_classifier(model, path, class_names=class_names)
+    source._opened.clear()
+    return path
+
+
+def test_a_binary_model_with_one_sigmoid_output_scores_both_classes(tmp_path):
+    inputs = keras.Input((71, 71, 3))
+    x = keras.layers.GlobalAveragePooling2D()(_small_base()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    src = source.open_source(_save(model, tmp_path, class_names=["cat", "dog"]),
+                             need_top=True)
+    # The single output is the probability of class 1 ("dog").
+    assert (src.classes, src.class_names, src.check_top(None)) == (2, ("cat", "dog"), 2)
+    loaded = src.load()
+    assert (loaded.score_rule, loaded.classes) == (source.MODEL_SIGMOID, 2)
+    x0 = np.random.default_rng(0).uniform(0, 255, (2, 71, 71, 3)).astype("float32")
+    p = model.predict(x0 / 127.5 - 1, verbose=0)
+    np.testing.assert_allclose(loaded.scores(loaded.model.predict(loaded.prepare(x0),
+                                                                  verbose=0)),
+                               np.concatenate([1 - p, p], axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["activation", "softmax_layer", "ops_softmax"])
+def test_a_softmax_after_the_dense_layer_is_read_as_the_models_own(tmp_path, head):
+    inputs = keras.Input((71, 71, 3))
+    x = keras.layers.GlobalAveragePooling2D()(_small_base()(inputs))
+    x = keras.layers.Dense(3)(x)
+    x = {"activation": keras.layers.Activation("softmax"),
+         "softmax_layer": keras.layers.Softmax(),
+         "ops_softmax": keras.ops.softmax}[head](x)
+    model = keras.Model(inputs, x)
+    src = source.open_source(_save(model, tmp_path, class_names=["a", "b", "c"]),
+                             need_top=True)
+    assert (src.classes, src.check_top(None), src.score_rule) == (
+        3, 3, source.MODEL_SOFTMAX)
+    assert src.load().score_rule == source.MODEL_SOFTMAX  # Not softmax twice.
+
+
+def test_a_rescaling_inside_a_preprocessing_block_counts(tmp_path):
+    inputs = keras.Input((71, 71, 3))
+    block = keras.Sequential([keras.layers.Rescaling(1 / 127.5, offset=-1)])
+    x = _small_base()(block(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    assert source.rescales_itself(model)
+
+
+def test_what_a_model_file_cannot_be_is_one_line(tmp_path):
+    import zipfile
+
+    inputs = keras.Input((71, 71, 3))
+    x = keras.layers.GlobalAveragePooling2D()(_small_base()(inputs))
+    two = keras.Model(inputs, [keras.layers.Dense(2)(x), keras.layers.Dense(3)(x)])
+    with pytest.raises(ConfigError, match="with 2 outputs"):
+        source.open_source(_save(two, tmp_path, "two.keras"))
+    path = _save(keras.Model(inputs, keras.layers.Dense(2)(x)), tmp_path, "one.keras")
+    rewritten = tmp_path / "names.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(rewritten, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "class_names": 5}).encode()
+            dst.writestr(info, data)
+    with pytest.raises(WeightsError, match="not a list of names"):
+        source.open_source(rewritten)
+    for given in ("", "~no_such_user_here/m.keras"):
+        with pytest.raises((ConfigError, WeightsError)):
+            source.open_source(given)
+
+
+def test_a_batch_jobs_identity_keeps_its_kind(kerasio_model):
+    from keras_xception.batch.models import ModelSpec
+
+    spec = ModelSpec("embed", source.open_source(kerasio_model))
+    identity = spec.identity()
+    assert identity["kind"] == "embed" and identity["source_kind"] == "keras"

@@ -189,10 +189,7 @@ def run(
         raise ConfigError(f"`kind` must be one of {', '.join(KINDS)}. Received: kind={kind!r}")
     if top is not None:
         positive_int(top, "--top", maximum=TOP_MAX)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(
-            f"--batch-size must be a positive integer. Received: --batch-size {batch_size!r}"
-        )
+    batch_size = positive_int(batch_size, "--batch-size")
     if model_path is not None and weights not in (None, "imagenet"):
         raise ConfigError(
             "--model already holds its weights; pass --model or --weights, not "

@@ -65,8 +65,8 @@ class ModelSpec:
     def identity(self) -> dict:
         """What makes two jobs' results comparable (checked on a rerun)."""
         return {
-            "kind": self.kind,
             **self.source.identity(),
+            "kind": self.kind,
             "precision": self.precision,
             **({"top": self.top} if self.kind == CLASSIFY else {}),
         }
@@ -124,9 +124,9 @@ class Predictor:
                 f"The embedding model gives {units} values per image, not "
                 f"{EMBEDDING_SIZE}. Received: {spec.source.given}"
             )
-        if spec.kind == CLASSIFY and spec.top > units:
+        if spec.kind == CLASSIFY and spec.top > loaded.classes:
             raise ConfigError(
-                f"--top must be at most the model's {units} classes. "
+                f"--top must be at most the model's {loaded.classes} classes. "
                 f"Received: --top {spec.top}"
             )
         self.loaded = loaded

@@ -337,7 +337,7 @@ def _columns(columns) -> str:
 def _describe(model) -> str:
     if not isinstance(model, dict):
         return "unknown"
-    source = model.get("weights") or model.get("model") or "?"
+    source = model.get("source") or model.get("weights") or model.get("model") or "?"
     text = f"{model.get('kind')} with {source}, sha256 {str(model.get('sha256'))[:12]}"
     if model.get("precision"):
         text += f", precision {model['precision']}"

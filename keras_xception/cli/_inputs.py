@@ -110,7 +110,8 @@ def start(args, command, find):
         if not ready.on_error.count:
             print(f"error: no image files to {command}", file=sys.stderr)
         return None
-    ready.source = open_source(args.model or args.weights, need_top=True,
+    given = args.model if args.model is not None else args.weights
+    ready.source = open_source(given, need_top=True,
                                progress=sys.stderr)
     ready.top = ready.source.check_top(args.top)
     return ready

@@ -140,7 +140,7 @@ def run(args) -> int:
         nonlocal rule
         rule = loaded.score_rule
         if rule != MODEL_SOFTMAX and not (args.json or args.jsonl):
-            print(f"note: scores are the {rule}", file=sys.stderr)
+            print(f"note: scores are {rule}", file=sys.stderr)
 
     results = Results(args, _table)
     for path, predictions in pipelines.classify(

@@ -147,10 +147,11 @@ def run(args) -> int:
         return 1
     src, top = ready.source, ready.top
     class_index = None
-    if args.class_ is not None:
+    if args.class_ is not None and src.classes is not None:
         class_index = pipelines.resolve_class(args.class_, src)
-
     loaded = src.load()
+    if args.class_ is not None and class_index is None:  # Known once loaded.
+        class_index = pipelines.resolve_class(args.class_, src, loaded.classes)
     if args.preprocess != "auto":
         loaded.rescales_itself = args.preprocess == "none"
     from keras_xception.explain import find_layer

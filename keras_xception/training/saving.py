@@ -63,10 +63,14 @@ def save_classifier(model, path, *, class_names=None, metadata=None, overwrite=T
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         units = model.outputs[0].shape[-1]
-        if units is not None and len(class_names) != units:
+        # A single output (a sigmoid or one logit) is a binary classifier:
+        # two classes, its output the probability of the second.
+        classes = 2 if units == 1 else units
+        if units is not None and len(class_names) != classes:
             raise ConfigError(
                 f"The model has {units} outputs but {len(class_names)} class "
                 f"names were given: {class_names!r}"
+                + (" (a single output takes two: its classes 0 and 1)" if units == 1 else "")
             )
         entries["class_names"] = class_names
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
