@@ -236,9 +236,8 @@ def _run_checked(kind, sources, sink, *, engine, address, batch_size, weights, m
         check_address(address)
     shards = sources_lib.make_shards(paths, shard_size)
     del paths
+    # The model and --top against its classes, before the folder is touched.
     spec = _model_spec(kind, weights, model_path, precision, top, stream or False)
-    if callable(getattr(spec, "check", None)):
-        spec.check()  # What only the model can tell, before the folder is touched.
     job = {"model": spec.identity(), "sources": sources,
            "columns": result_schema(kind).names}
     pending = sink.open(job, shards, overwrite=overwrite)
