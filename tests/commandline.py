@@ -1,7 +1,19 @@
-"""Runs the `keras-xception` command line as a user would: in a subprocess."""
+"""Runs the `keras-xception` command line: in a subprocess, or in this process.
 
+`run` is the command as a user starts it, for what only a real process
+shows: signals, its exit status and stdout at exit, TensorFlow's start-up
+lines, what importing the package does. `main` drives `keras_xception.cli.main`
+here, with no TensorFlow to start, for everything else.
+"""
+
+import contextlib
+import io
+import os
 import subprocess
 import sys
+
+# What `keras_xception.cli.main` sets for the process it runs in.
+_TF_VARIABLES = ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")
 
 
 def run(*args, env=None, timeout=300, cwd=None, stdout=None):
@@ -16,3 +28,37 @@ def run(*args, env=None, timeout=300, cwd=None, stdout=None):
         stdout=subprocess.PIPE if stdout is None else stdout,
         stderr=subprocess.PIPE, text=True, env=env, timeout=timeout, cwd=cwd,
     )
+
+
+def main(*args):
+    """`keras_xception.cli.main([ARGS...])` in this process, as `run` reports it.
+
+    Returns a `subprocess.CompletedProcess` with the exit status (a usage
+    error's `SystemExit` included) and what the command wrote to
+    `sys.stdout` and `sys.stderr`. The TensorFlow variables and Pillow's
+    pixel limit that `main` sets are put back afterwards, so later tests and
+    their subprocesses see this process's settings.
+    """
+    from PIL import Image
+
+    from keras_xception import cli
+
+    argv = [str(a) for a in args]
+    saved_env = {name: os.environ.get(name) for name in _TF_VARIABLES}
+    saved_limit = Image.MAX_IMAGE_PIXELS
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = cli.main(argv)
+            except SystemExit as exit:
+                status = 0 if exit.code is None else exit.code
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        Image.MAX_IMAGE_PIXELS = saved_limit
+    return subprocess.CompletedProcess(["keras-xception", *argv], status,
+                                       out.getvalue(), err.getvalue())

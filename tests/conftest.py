@@ -1,13 +1,11 @@
 """Shared fixtures: the real ImageNet weights and photos, the command line in process."""
 
-import os
 import pathlib
 import platform
-import sys
 
 import pytest
 
-from tests import realweights
+from tests import commandline, realweights
 
 
 @pytest.fixture(scope="session")
@@ -72,35 +70,17 @@ def keras_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def run_cli(monkeypatch, capsys):
+def run_cli():
     """`keras-xception ARGV...` in this process: returns `(status, stdout, stderr)`.
 
-    A usage error's `SystemExit` is returned as its status. What `main` sets
-    for the process (TensorFlow's variables, Pillow's pixel limit) is put
-    back after the test. TensorFlow is already running here, so what only a
-    fresh process shows (its start-up lines, oneDNN turned on by the command,
-    signals, a closed stdout) is tested with `tests.commandline.run`.
+    See `tests.commandline.main`. TensorFlow is already running here, so
+    what only a fresh process shows (its start-up lines, the oneDNN the
+    command turns on, signals, a closed stdout) is tested with
+    `tests.commandline.run`.
     """
-    from PIL import Image
-
-    from keras_xception import cli
-
-    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"):
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
-        else:
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
-
     def invoke(*argv):
-        capsys.readouterr()
-        try:
-            status = cli.main([str(a) for a in argv])
-        except SystemExit as exit:
-            status = 0 if exit.code is None else exit.code
-        sys.stdout.flush()
-        out, err = capsys.readouterr()
-        return status, out, err
+        done = commandline.main(*argv)
+        return done.returncode, done.stdout, done.stderr
 
     return invoke
 

@@ -28,17 +28,6 @@ from tests import commandline
 PHOTOS = 4
 
 
-def onednn_env():
-    """The subprocess runs TensorFlow's kernels as this process does."""
-    from keras_xception.inference import onednn_enabled
-
-    env = dict(os.environ)
-    state = onednn_enabled()
-    if state is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = "1" if state else "0"
-    return env
-
-
 def read_results(folder):
     table = pds.dataset(folder, format="parquet").to_table()
     return table.sort_by("path")
@@ -62,9 +51,9 @@ def folder(kitchen_photos, tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded(folder, imagenet_notop_files, tmp_path_factory):
     output = tmp_path_factory.mktemp("embed") / "out"
-    done = commandline.run("embed", folder, "--output", output, "--weights",
-                           imagenet_notop_files["keras3"], "--shard-size", "2",
-                           "--engine", "local", "--json", env=onednn_env())
+    done = commandline.main("embed", folder, "--output", output, "--weights",
+                            imagenet_notop_files["keras3"], "--shard-size", "2",
+                            "--engine", "local", "--json")
     return output, done
 
 
@@ -104,9 +93,9 @@ def test_embeddings_equal_the_library_on_the_same_pixels(embedded, imagenet_noto
 def test_a_rerun_skips_finished_shards(embedded, folder, imagenet_notop_files):
     output, _ = embedded
     before = {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")}
-    done = commandline.run("embed", folder, "--output", output, "--weights",
-                           imagenet_notop_files["keras3"], "--shard-size", "2",
-                           "--engine", "local")
+    done = commandline.main("embed", folder, "--output", output, "--weights",
+                            imagenet_notop_files["keras3"], "--shard-size", "2",
+                            "--engine", "local")
     assert done.returncode == 1, done.stderr  # the broken image is still broken
     after = {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")}
     assert after == before
@@ -116,8 +105,8 @@ def test_a_rerun_skips_finished_shards(embedded, folder, imagenet_notop_files):
 def test_another_model_is_refused_without_overwrite(embedded, folder, imagenet_notop_files):
     output, _ = embedded
     before = sorted(p.name for p in output.iterdir())
-    done = commandline.run("embed", folder, "--output", output, "--weights",
-                           imagenet_notop_files["legacy"], "--shard-size", "2")
+    done = commandline.main("embed", folder, "--output", output, "--weights",
+                            imagenet_notop_files["legacy"], "--shard-size", "2")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "another model" in lines[0] and "--overwrite" in lines[0]
@@ -186,7 +175,7 @@ def test_a_list_of_paths_in_csv_and_txt(small_classifier, kitchen_photos, tmp_pa
 
 def test_a_csv_without_the_path_column_is_one_line(tmp_path):
     (tmp_path / "list.csv").write_text("file\na.jpg\n")
-    done = commandline.run("embed", tmp_path / "list.csv", "--output", tmp_path / "out")
+    done = commandline.main("embed", tmp_path / "list.csv", "--output", tmp_path / "out")
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "no column 'path'" in done.stderr and "--path-column" in done.stderr
@@ -231,9 +220,9 @@ def test_overwrite_replaces_another_models_results(embedded, small_classifier, f
     output = tmp_path / "out"
     shutil.copytree(embedded[0], output)
     old = {p.name for p in output.glob("part-*.parquet")}
-    done = commandline.run("embed", folder, "--output", output, "--model", small_classifier,
-                           "--shard-size", "3", "--engine", "local", "--overwrite", "--json",
-                           env=onednn_env())
+    done = commandline.main("embed", folder, "--output", output, "--model",
+                            small_classifier, "--shard-size", "3", "--engine", "local",
+                            "--overwrite", "--json")
     assert done.returncode == 1, done.stderr  # the broken image is still broken
     manifest = json.loads(done.stdout)
     assert manifest["model_path"] == str(small_classifier)
@@ -260,9 +249,9 @@ def test_classify_with_imagenet_top_weights_names_imagenet_classes(
     from keras_xception.images import decode
     weights = imagenet_top_weights
     output = tmp_path / "out"
-    done = commandline.run("classify", folder, "--output", output, "--weights", weights,
-                           "--top", "3", "--engine", "local", "--precision", "float32",
-                           "--json", env=onednn_env())
+    done = commandline.main("classify", folder, "--output", output, "--weights", weights,
+                            "--top", "3", "--engine", "local", "--precision", "float32",
+                            "--json")
     assert done.returncode == 1, done.stderr  # truncated.jpg
     assert json.loads(done.stdout)["precision"] == "float32"
     table = read_results(output)
@@ -297,8 +286,9 @@ def test_progress_says_images_done_rate_and_eta(monkeypatch):
     assert stream.getvalue().splitlines()[-1] == "embed: 100/100 images, 4.5 images/s"
 
 
-def test_an_empty_output_path_is_refused(kitchen_photos, tmp_path):
-    done = commandline.run("embed", kitchen_photos[0], "--output", "", cwd=tmp_path)
+def test_an_empty_output_path_is_refused(kitchen_photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = commandline.main("embed", kitchen_photos[0], "--output", "")
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "--output" in done.stderr and "is empty" in done.stderr
     assert list(tmp_path.iterdir()) == []

@@ -18,29 +18,28 @@ from tests import commandline
 
 @pytest.mark.parametrize("argv", [["--help"], ["classify", "--help"],
                                   ["weights", "verify", "--help"]])
-def test_help_is_on_stdout_with_status_0(argv):
-    done = commandline.run(*argv)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: keras-xception")
-    assert done.stderr == ""
+def test_help_is_on_stdout_with_status_0(run_cli, argv):
+    status, out, err = run_cli(*argv)
+    assert status == 0, err
+    assert out.startswith("usage: keras-xception")
+    assert err == ""
 
 
-def test_version_is_on_stdout_with_status_0():
-    done = commandline.run("--version")
-    assert (done.returncode, done.stdout, done.stderr) == (
-        0, f"keras-xception {__version__}\n", "")
+def test_version_is_on_stdout_with_status_0(run_cli):
+    assert run_cli("--version") == (0, f"keras-xception {__version__}\n", "")
 
 
-def test_usage_error_points_at_the_commands_help():
-    done = commandline.run("weights", "verify", "--hash")
-    assert done.returncode == 1
-    assert done.stderr == (
+def test_usage_error_points_at_the_commands_help(run_cli):
+    status, _, err = run_cli("weights", "verify", "--hash")
+    assert status == 1
+    assert err == (
         "error: argument --hash: expected one argument "
         "(see 'keras-xception weights verify --help')\n"
     )
 
 
 def test_a_reader_that_goes_away_is_not_an_error(tmp_path):
+    # A real process: Python's own flush of stdout at exit must not fail.
     # `keras-xception weights path | head -c 0`: the pipe is closed before
     # anything is written, so every write to stdout fails with EPIPE.
     read_end, write_end = os.pipe()
