@@ -31,8 +31,8 @@ def test_saved_model_from_the_command_line(imagenet_notop_files, features, photo
     import tensorflow as tf
 
     out = tmp_path / "xception_savedmodel"
-    done = commandline.run("export", imagenet_notop_files["keras3"], out,
-                           "--format", "saved_model")
+    done = commandline.main("export", imagenet_notop_files["keras3"], out,
+                            "--format", "saved_model")
     assert done.returncode == 0, done.stderr
     loaded = tf.saved_model.load(str(out))
     got = loaded.serve(tf.constant(photos)).numpy()
@@ -70,20 +70,21 @@ def test_failed_export_leaves_nothing_behind(features, tmp_path, monkeypatch):
 def test_bad_output_fails_before_the_weights_are_fetched(tmp_path, keras_home):
     # Offline with an empty cache: reaching the weights would be an error too,
     # but the output path is checked first, without importing TensorFlow.
-    done = commandline.run("export", "imagenet", tmp_path / "model.bin",
-                           "--format", "onnx")
+    done = commandline.main("export", "imagenet", tmp_path / "model.bin",
+                            "--format", "onnx")
     assert done.returncode == 1
     assert done.stderr == (
         f"error: The onnx output must be a file ending in '.onnx'. "
         f"Received: {tmp_path / 'model.bin'}\n"
     )
-    done = commandline.run("export", tmp_path / "missing.h5", tmp_path / "out")
+    done = commandline.main("export", tmp_path / "missing.h5", tmp_path / "out")
     assert done.returncode == 1
     assert done.stderr.startswith("error: Weights file not found: ")
     assert done.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 def test_imagenet_offline_without_cached_weights_says_what_to_do(tmp_path, keras_home):
+    # A real process: the message must come before TensorFlow starts logging.
     done = commandline.run("export", "imagenet", tmp_path / "out")
     assert done.returncode == 1
     # One line, the weights module's (where the file goes), before TensorFlow.
@@ -149,6 +150,6 @@ def test_openvino_matches(features, photos, tmp_path):
 def test_openvino_from_the_command_line_refuses_an_existing_file(tmp_path):
     out = tmp_path / "ir"
     out.write_text("")
-    done = commandline.run("export", "imagenet", out, "--format", "openvino")
+    done = commandline.main("export", "imagenet", out, "--format", "openvino")
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "exists already" in done.stderr and out.read_text() == ""
