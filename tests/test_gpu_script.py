@@ -4,8 +4,8 @@ The GPU machine has JAX but no TensorFlow, so each run hides TensorFlow
 (a `tensorflow` package on PYTHONPATH that raises ImportError, which is what
 Keras's lazy import meets there) and runs under `KERAS_BACKEND=jax`. The runs
 share a JAX compilation cache in a temporary folder, so the model's
-initializers compile once. Each run's timeout is the check that the whole
-script stays well under a minute at these sizes.
+initializers compile once. Each run's timeout (RUN_TIMEOUT_S) bounds how
+long the script may take at these sizes.
 """
 
 import json
