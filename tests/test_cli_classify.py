@@ -205,6 +205,7 @@ def test_every_kind_of_input_in_one_run(run_cli, mixed, imagenet_top_weights):
     assert "hidden" not in err and "._a_photo" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", ["--jsonl", "--top=1"])
 def test_a_closed_stdout_ends_quietly(folder, imagenet_top_weights, output):
     """`classify DIR --jsonl | head -n 1`: the reader goes, classify stops quietly.

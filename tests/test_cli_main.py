@@ -104,6 +104,7 @@ def test_a_bug_keeps_its_traceback(in_process, monkeypatch):
         in_process(["weights", "path"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_tensorflow_start_up_lines_are_not_shown(tmp_path, onednn):
     # This .keras file passes the quick check, so Keras (and TensorFlow) is

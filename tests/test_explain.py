@@ -186,6 +186,7 @@ def test_flat_model_matches_keras_io(flat, flat_batch, layer_name):
         np.testing.assert_allclose(grad_cam(flat, flat_batch, 7), want, rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_kitchenware_model_matches_keras_io_on_its_18_photos(
         kitchen_model, kitchen_batch, kitchen_explained):

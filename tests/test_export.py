@@ -25,6 +25,7 @@ def features(imagenet_notop_files):
     return Xception(weights=str(imagenet_notop_files["keras3"]), include_top=False)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_saved_model_from_the_command_line(imagenet_notop_files, features, photos,
                                            tmp_path):
@@ -92,6 +93,7 @@ def test_imagenet_offline_without_cached_weights_says_what_to_do(tmp_path, keras
     assert str(keras_home) in done.stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_onnx_matches(features, photos, tmp_path):
     import onnxruntime
@@ -104,6 +106,7 @@ def test_onnx_matches(features, photos, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_litert_matches(imagenet_notop_arrays, photos, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
@@ -128,6 +131,7 @@ def test_litert_matches(imagenet_notop_arrays, photos, tmp_path):
     np.testing.assert_allclose(np.stack(got), expected, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_openvino_matches(features, photos, tmp_path):
     import openvino as ov

@@ -175,6 +175,7 @@ def runtime_info_in_a_new_process(setting):
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, expected", [("0", False), ("1", True)])
 def test_runtime_info_reports_the_forced_onednn_state(setting, expected):
     info = runtime_info_in_a_new_process(setting)
@@ -183,6 +184,7 @@ def test_runtime_info_reports_the_forced_onednn_state(setting, expected):
     assert info["onednn_env"] == setting
 
 
+@pytest.mark.slow
 def test_runtime_info_follows_tensorflows_cpu_rule_when_unset(onednn_by_default):
     info = runtime_info_in_a_new_process(None)
     assert info["onednn_env"] is None

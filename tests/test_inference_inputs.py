@@ -47,6 +47,7 @@ def keras_answer(small, poisoned):
     return expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_non_finite_image_gives_nan_on_every_runtime(runtime, small, poisoned,
                                                        keras_answer):

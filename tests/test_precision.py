@@ -259,6 +259,7 @@ def test_bf16_features_and_kitchen_head_stay_close(runtime, imagenet_features,
                for l in kitchen.get_layer("xception").layers)
 
 
+@pytest.mark.slow
 def test_a_model_built_under_a_mixed_policy_runs_on_every_runtime(batch):
     """Every runtime starts from float32, whatever policy the model was built in."""
     keras.config.set_dtype_policy("mixed_bfloat16")

@@ -461,6 +461,7 @@ def test_resolve_and_verify_refuse_a_fifo_without_opening_it(fifo):
         assert str(err.value).startswith(f"{fifo} is not a regular file (a FIFO)")
 
 
+@pytest.mark.slow
 def test_xception_with_a_fifo_as_weights_fails_promptly(fifo):
     script = textwrap.dedent(
         f"""
