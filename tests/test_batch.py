@@ -129,6 +129,7 @@ def small_classifier(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_classify_writes_top_k_lists_with_the_model_class_names(
         small_classifier, folder, tmp_path):
     from keras_xception import batch
@@ -151,6 +152,7 @@ def test_classify_writes_top_k_lists_with_the_model_class_names(
         np.testing.assert_allclose(row["score"], p[order], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_list_of_paths_in_csv_and_txt(small_classifier, kitchen_photos, tmp_path):
     from keras_xception import batch
 
@@ -294,6 +296,7 @@ def test_an_empty_output_path_is_refused(kitchen_photos, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_name_that_is_not_utf8_is_stored_losslessly_and_uniquely(
         small_classifier, kitchen_photos, tmp_path):
     """Byte 0xE9 and a literal backslash-x-e-9 show alike in `path`; `path_bytes` differs."""
@@ -331,6 +334,7 @@ def test_a_name_that_is_not_utf8_is_stored_losslessly_and_uniquely(
     assert sorted(os.fsencode(p) for p in listed) == stored
 
 
+@pytest.mark.slow
 def test_a_second_job_on_the_output_fails_at_once_and_a_killed_jobs_lock_does_not_block(
         small_classifier, kitchen_photos, tmp_path):
     from keras_xception import batch
@@ -407,6 +411,7 @@ def test_no_output_is_written_until_every_check_passes(small_classifier, kitchen
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_a_top_above_the_class_count_writes_nothing_so_the_corrected_rerun_runs(
         small_classifier, kitchen_photos, tmp_path):
     from keras_xception import batch
@@ -422,6 +427,7 @@ def test_a_top_above_the_class_count_writes_nothing_so_the_corrected_rerun_runs(
     assert manifest["counts"]["images"] == 1
 
 
+@pytest.mark.slow
 def test_a_rerun_removes_the_temporaries_a_killed_run_left(small_classifier, kitchen_photos,
                                                           tmp_path):
     from keras_xception import batch, fileio

@@ -39,6 +39,7 @@ def classify(*args, env=None):
     return commandline.run("classify", *args, env=env)
 
 
+@pytest.mark.slow
 def test_json_for_a_folder(run_cli, folder, imagenet_top_weights):
     # float32, to compare with the float32 reference below; the default
     # precision (auto: bf16 where the CPU runs it natively) is tested in
@@ -230,6 +231,7 @@ def test_a_closed_stdout_ends_quietly(folder, imagenet_top_weights, output):
     assert "remapper failed" not in done.stderr
 
 
+@pytest.mark.slow
 def test_jsonl_streams_results_and_a_download_stays_off_stdout(
         run_cli, mixed, imagenet_top_weights, tmp_path, monkeypatch):
     """One JSON object per image, even while the weights are downloaded."""

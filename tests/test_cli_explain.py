@@ -32,6 +32,7 @@ def png(path):
         return np.asarray(image)
 
 
+@pytest.mark.slow
 def test_fine_tuned_model(run_cli, kitchen_model, photos, tmp_path):
     """The kitchenware `.keras` model (a nested base, pixels scaled outside
     the model): one PNG per photo at its size, named after it, the same

@@ -162,6 +162,7 @@ def flat_batch(kitchen_photos):
 # --- exactness --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 @pytest.mark.parametrize("layer_name", [None, "block4_sepconv1_act"])
 def test_flat_model_matches_keras_io(flat, flat_batch, layer_name):
@@ -206,6 +207,7 @@ def test_kitchenware_model_matches_keras_io_on_its_18_photos(
                                want, rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 @pytest.mark.parametrize("layout", ["build_classifier", "sequential"])
 def test_nested_layouts_match_keras_io(layout, imagenet_notop_arrays, flat_batch):
@@ -277,6 +279,7 @@ def masked(images, maps, fraction=0.2):
     return out
 
 
+@pytest.mark.slow
 def test_masking_what_the_map_ranks_highest_lowers_the_logit_more_than_random(
         kitchen_model, kitchen_batch, kitchen_explained):
     """The deletion test: on average over the 18 photos, hiding the 20% of

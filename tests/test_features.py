@@ -60,6 +60,7 @@ def test_fixed_size_model_and_symbolic_shapes():
     assert tuple(free.output["stride16"].shape) == (None, None, None, 728)
 
 
+@pytest.mark.slow
 def test_shares_weights_with_the_model_it_is_given():
     base = Xception(include_top=False, weights=None, input_shape=(None, None, 3))
     extractor = feature_extractor(base, endpoints=["stride32", "block13_sepconv2_bn"])

@@ -50,6 +50,7 @@ def randomize_batch_norm(model, seed=1):
             ])
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_fast_path_matches_plain_model_on_real_weights(real_model, fast_model, photos):
     expected = real_model.predict(photos, verbose=0)
@@ -64,6 +65,7 @@ def test_fast_path_matches_plain_model_on_real_weights(real_model, fast_model, p
     assert relus and all(l.activation is keras.activations.relu for l in relus)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_fast_predict_batches_like_keras(fast_model, photos):
     """Any batch size gives the same probabilities, up to float32 rounding.
@@ -101,6 +103,7 @@ def test_optimized_model_is_plain_keras_without_batch_norm(real_model, fast_mode
     assert len(bns) == 40 and real_model.get_layer("block1_conv1").bias is None
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_optimized_model_saves_and_reloads(real_model, fast_model, photos, tmp_path):
     path = tmp_path / "fast.keras"
@@ -124,6 +127,7 @@ def test_optimized_model_saves_and_reloads(real_model, fast_model, photos, tmp_p
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 @pytest.mark.parametrize("pooling", [None, "avg", "max"])
 def test_no_top_models_fold_exactly(pooling):

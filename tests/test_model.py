@@ -140,6 +140,7 @@ def test_same_weights_give_the_same_outputs_as_keras(model, reference):
 # --- shapes -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "input_shape, pooling, expected",
     [
@@ -182,6 +183,7 @@ def test_channels_first(channels_first):
     assert Xception(include_top=False, weights=None).input_shape == (None, 3, None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_channels_first_computes_what_channels_last_does(imagenet_notop_arrays):
     """A channels_first model runs and equals the channels_last one, or the
@@ -293,6 +295,7 @@ def test_real_weights_load_and_match_keras_applications(
     np.testing.assert_allclose(features, reference_features, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_weights_file_saved_from_this_package_round_trips(tmp_path, imagenet_notop_files, real_photos):
     m = Xception(include_top=False, weights=imagenet_notop_files["legacy"], pooling="max")
     path = tmp_path / "mine.weights.h5"
@@ -304,6 +307,7 @@ def test_weights_file_saved_from_this_package_round_trips(tmp_path, imagenet_not
     )
 
 
+@pytest.mark.slow
 def test_with_top_file_into_no_top_model_says_so(tmp_path, imagenet_notop_arrays):
     path = tmp_path / "xception_with_top.h5"
     realweights.write_legacy_h5(path, imagenet_notop_arrays + [_top_arrays()], include_top=True)
@@ -319,6 +323,7 @@ def test_no_top_file_into_top_model_says_so(imagenet_notop_files):
         Xception(include_top=True, weights=imagenet_notop_files["legacy"])
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_keras_model_file_loads_as_keras_load_weights_reads_it(tmp_path):
     ref = keras.applications.Xception(weights=None, include_top=False, input_shape=(71, 71, 3))
@@ -345,6 +350,7 @@ def test_another_architectures_file_is_refused(tmp_path):
 # --- saving and mixed precision -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_keras_file_reloads_without_custom_objects(tmp_path):
     m = Xception(weights=None, input_shape=(71, 71, 3), classes=5)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 71, 71, 3)).astype("float32")

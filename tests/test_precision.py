@@ -109,6 +109,7 @@ def test_auto_runtime_is_keras_under_another_backend():
     assert name == "keras" and "jax" in reason
 
 
+@pytest.mark.slow
 def test_auto_picks_the_runtime_by_the_rule(monkeypatch, small, batch):
     """describe() names what the rule chose, and predict runs it."""
     from keras_xception.inference import onnxruntime as ort_runtime
@@ -137,6 +138,7 @@ def test_auto_stays_float32_without_native_bf16(monkeypatch, small, batch):
                                atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_auto_picks_bf16_where_native_once_the_guard_passes(native, monkeypatch,
                                                             small, batch):
     calls = []
@@ -161,6 +163,7 @@ def test_auto_picks_bf16_where_native_once_the_guard_passes(native, monkeypatch,
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_float32_with_a_warning(native, monkeypatch, small, batch):
     # A probe whose bf16 outputs miss the threshold: every cosine is below 1.5.
     monkeypatch.setattr(guard, "THRESHOLD", 1.5)

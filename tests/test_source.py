@@ -78,6 +78,7 @@ def test_source_reads_a_kerasio_model_from_its_file_alone(kerasio_model):
     assert loaded.score_rule == source.SOFTMAX_OF_LOGITS
 
 
+@pytest.mark.slow
 def test_every_command_gives_the_kerasio_model_one_answer(
     run_cli, kerasio_model, photos, reference, tmp_path
 ):
@@ -118,6 +119,7 @@ def test_every_command_gives_the_kerasio_model_one_answer(
                                    result["predictions"][0]["score"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_classify_a_fine_tuned_model_interactively(run_cli, photos):
     """`classify photo.jpg --model kitchen.keras`: refused before; its classes now."""
     model_file = realweights.package_root() / realweights.MODEL_FILE
@@ -136,6 +138,7 @@ def test_classify_a_fine_tuned_model_interactively(run_cli, photos):
                                expected[best], atol=0.03)
 
 
+@pytest.mark.slow
 def test_a_top_above_the_classes_is_one_line_before_any_work(run_cli, kerasio_model,
                                                               photos, tmp_path):
     for argv in (["classify", photos[0], "--top", "4"],
@@ -152,6 +155,7 @@ def test_a_top_above_the_classes_is_one_line_before_any_work(run_cli, kerasio_mo
     assert status == 0, err
 
 
+@pytest.mark.slow
 def test_embed_of_a_kerasio_model_goes_through_its_own_rescaling(kerasio_model,
                                                                    photos):
     src = source.open_source(kerasio_model)
@@ -290,6 +294,7 @@ def test_a_missing_extra_is_one_line_before_any_work(run_cli, monkeypatch, photo
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_an_embed_run_reads_and_hashes_its_weights_once(imagenet_notop_files,
                                                         kitchen_photos, monkeypatch,
                                                         tmp_path):
@@ -332,6 +337,7 @@ def _save(model, tmp_path, name="m.keras", class_names=None):
     return path
 
 
+@pytest.mark.slow
 def test_a_binary_model_with_one_sigmoid_output_scores_both_classes(tmp_path):
     inputs = keras.Input((71, 71, 3))
     x = keras.layers.GlobalAveragePooling2D()(_small_base()(inputs))
@@ -349,6 +355,7 @@ def test_a_binary_model_with_one_sigmoid_output_scores_both_classes(tmp_path):
                                np.concatenate([1 - p, p], axis=1), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["activation", "softmax_layer", "ops_softmax"])
 def test_a_softmax_after_the_dense_layer_is_read_as_the_models_own(tmp_path, head):
     inputs = keras.Input((71, 71, 3))
@@ -373,6 +380,7 @@ def test_a_rescaling_inside_a_preprocessing_block_counts(tmp_path):
     assert source.rescales_itself(model)
 
 
+@pytest.mark.slow
 def test_what_a_model_file_cannot_be_is_one_line(tmp_path):
     import zipfile
 

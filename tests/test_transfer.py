@@ -119,6 +119,7 @@ def test_saved_model_takes_raw_images_carries_class_names_and_loads_plainly(
     assert load_classifier(path).class_names == folder.class_names
 
 
+@pytest.mark.slow
 def test_classifier_preprocesses_inside_and_augments_only_in_training():
     keras.utils.set_random_seed(1)
     model = build_classifier(3, image_size=71, weights=None)

@@ -162,6 +162,7 @@ def test_disk_full_is_reported_as_such_and_leaves_nothing(
 # Resuming in the next process.
 
 
+@pytest.mark.slow
 def test_a_killed_download_is_resumed_by_the_next_call(server, cache, tmp_path):
     body = h5_bytes(size=2_000_000)
     url = server.add(FNAME, body, chunk_delay=0.05)  # About 1.5 s in all.

@@ -430,6 +430,7 @@ def test_skeletons_cover_every_role_of_both_real_files(skeletons):
         ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("damage", ["wrong_kind", "removed"])
 def test_each_part_of_a_real_file_damaged_gives_one_weights_error(
