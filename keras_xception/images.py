@@ -7,7 +7,9 @@ or used from the command line.
 
 - `find_images` expands folders into image files (one walker, one rule for
   hidden files and links);
-- `decode` reads one file into a float32 RGB array in [0, 255];
+- `decode` reads one file into a float32 RGB array in [0, 255], and
+  `decode_bytes` the same from a file's bytes in memory (the server's
+  uploads);
 - `iter_batches` streams files through `decode` on a few threads and yields
   batches, holding only a bounded number of images in memory however many
   files there are.
@@ -401,6 +403,7 @@ def find_given(path, *, on_error):
                        f"recursively for {', '.join(IMAGE_EXTENSIONS)})")
     return found
 
+
 def decode(path, target_size=(299, 299), *, max_pixels=None, dtype="float32") -> np.ndarray:
     """Reads an image file as an RGB array with values in [0, 255], float32 by default.
 
@@ -438,8 +441,6 @@ def decode(path, target_size=(299, 299), *, max_pixels=None, dtype="float32") ->
             integers, the pixel limit is not a positive integer, or `dtype`
             is neither float32 nor uint8.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     size = _check_target_size(target_size)
     dtype = _check_dtype(dtype)
     limit = max_pixels_limit(max_pixels)
@@ -457,8 +458,55 @@ def decode(path, target_size=(299, 299), *, max_pixels=None, dtype="float32") ->
         raise ImageError(f"Cannot read {shown}: it is not a regular file")
     if info.st_size == 0:
         raise ImageError(f"Cannot read {shown}: the file is empty (0 bytes)")
+    return _decode_opened(path, shown, size, dtype, limit)
+
+
+def decode_bytes(data, target_size=(299, 299), *, max_pixels=None, dtype="float32",
+                 name="the image") -> np.ndarray:
+    """`decode` for an image file held in memory (an upload, a base64 field).
+
+    The same pipeline as `decode` (orientation, colour modes, transparency,
+    JPEG draft, resize, the pixel limit checked before the pixels are
+    decoded); only the source differs.
+
+    Args:
+        data: The file's bytes (`bytes`, `bytearray` or `memoryview`).
+        target_size, max_pixels, dtype: As for `decode`.
+        name: How messages name the image (`"image 2"`, `"the upload"`); it
+            stands where `decode` names the path.
+
+    Returns:
+        A new, writable `(height, width, 3)` array, as `decode` returns.
+
+    Raises:
+        ImageError: If `data` is empty, not an image, truncated or corrupt,
+            or larger than the pixel limit; one line naming `name`.
+        ConfigError: As for `decode`.
+    """
+    import io
+
+    size = _check_target_size(target_size)
+    dtype = _check_dtype(dtype)
+    limit = max_pixels_limit(max_pixels)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ConfigError(
+            "`data` must be the bytes of an image file. "
+            f"Received: data of type {type(data).__name__}"
+        )
+    if len(data) == 0:
+        raise ImageError(f"Cannot read {name}: it is empty (0 bytes)")
+    return _decode_opened(io.BytesIO(data), name, size, dtype, limit)
+
+
+def _decode_opened(source, shown, size, dtype, limit) -> np.ndarray:
+    """Decodes `source` (a path or a binary file object) for `decode`/`decode_bytes`.
+
+    `shown` names it in messages; `size`, `dtype` and `limit` are checked.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > limit:
                 raise ImageError(
