@@ -36,6 +36,7 @@ EXTRAS = {
     "openvino": ("openvino",),
     "onnxruntime": ("onnxruntime", "tf2onnx", "onnx"),
     "export": ("tf2onnx", "onnx"),
+    "serve": ("fastapi", "uvicorn", "python_multipart", "prometheus_client"),
 }
 
 

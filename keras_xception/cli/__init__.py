@@ -39,7 +39,8 @@ from keras_xception import tfenv
 from keras_xception.cli import _runtime
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("classify", "explain", "embed", "weights", "benchmark", "export", "fine_tune")
+COMMANDS = ("classify", "explain", "embed", "weights", "benchmark", "export", "fine_tune",
+            "serve")
 
 PROG = "keras-xception"
 
@@ -70,7 +71,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="Xception image models for Keras 3: classify, manage "
-        "weights, benchmark, export and fine-tune.",
+        "weights, benchmark, export, fine-tune and serve over HTTP.",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
