@@ -690,3 +690,50 @@ def test_sigterm_drains_a_request_in_flight_and_exits_0(kitchen_file, reference)
                for line in after), err
     assert any('"POST /v1/models/kitchen:classify HTTP/1.1" 200' in line for line in after)
     assert "Traceback" not in err
+
+
+# --- the command's checks, before any work ------------------------------------------------
+
+
+def test_serve_without_its_extra_is_one_line(run_cli, monkeypatch):
+    from keras_xception import checks
+
+    monkeypatch.setitem(checks.EXTRAS, "serve", ("fastapi", "no_such_module_here"))
+    status, out, err = run_cli("serve", "--port", "0")
+    assert status == 1 and out == ""
+    assert err == ("error: keras-xception serve needs no_such_module_here, which is not "
+                   "installed: pip install 'keras-xception[serve]'\n")
+
+
+def test_serve_option_errors_are_one_line_before_the_model(run_cli, tmp_path):
+    import socket
+
+    empty = tmp_path / "key.txt"
+    empty.write_text("\n")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    missing = tmp_path / "missing.keras"  # Never opened: the checks come first.
+    try:
+        cases = [
+            (["--engine", "ray"], "--engine ray is not available"),
+            (["--replicas", "2"], "--replicas is for --engine ray"),
+            (["--api-key-file", empty], "is empty"),
+            (["--api-key-file", tmp_path / "nope.txt"], "cannot read --api-key-file"),
+            (["--name", "a/b"], "name"),
+            (["--max-batch-size", "64"], "from 1 to 32"),
+            (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+            (["--port", "70000"], "port number"),
+            (["--max-body-mb", "0"], "positive number"),
+        ]
+        for args, words in cases:
+            status, out, err = run_cli("serve", "--model", missing, *args)
+            assert status == 1 and out == "", (args, err)
+            assert err.startswith("error: ") and err.count("\n") == 1, (args, err)
+            assert words in err, (args, err)
+        # Only once every option passes is the model opened.
+        status, _, err = run_cli("serve", "--model", missing, "--port", "0")
+        assert status == 1 and "Model file not found" in err
+    finally:
+        taken.close()
