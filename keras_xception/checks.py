@@ -34,6 +34,7 @@ EXTRAS = {
     "batch": ("pyarrow",),
     "ray": ("ray", "pyarrow"),
     "openvino": ("openvino",),
+    "int8": ("nncf", "openvino"),
     "onnxruntime": ("onnxruntime", "tf2onnx", "onnx"),
     "export": ("tf2onnx", "onnx"),
     "serve": ("fastapi", "uvicorn", "python_multipart", "prometheus_client"),

@@ -22,6 +22,10 @@ What a source can be:
 - a `.keras` model file: a flat `Xception`, `build_classifier`'s model, a
   `keras.Sequential`, or a model with the Xception base nested as keras.io's
   transfer-learning guide builds it.
+- an int8 folder written by `keras-xception quantize` (OpenVINO IR and
+  `report.json`, which holds the class names, input size and input rule);
+  it loads as an `inference.quantize.Int8Model`, which predicts but has no
+  gradients (`explain` refuses it).
 
 `open_source` does everything that needs no TensorFlow, once per file and
 process: it resolves the file (downloading it if need be), checks it (h5py
@@ -66,6 +70,7 @@ from keras_xception.errors import ConfigError, WeightsError
 IMAGENET = "imagenet"
 WEIGHTS = "weights"
 KERAS = "keras"
+INT8 = "int8"  # A folder from `keras-xception quantize` (inference.quantize).
 
 # What every `.keras` archive holds: the model's configuration and its
 # weights (`model.weights.h5`, or `.npz`).
@@ -96,7 +101,8 @@ class Source:
 
     Attributes:
         given: What the user gave (`"imagenet"`, a path or a URL), as text.
-        kind: `"weights"` (a weights file) or `"keras"` (a `.keras` model).
+        kind: `"weights"` (a weights file), `"keras"` (a `.keras` model)
+            or `"int8"` (a folder from `keras-xception quantize`).
         path: The local file, absolute.
         sha256: The file's SHA-256 hex digest: its identity.
         has_top: Whether the model has a classifier.
@@ -181,6 +187,8 @@ class Source:
             ConfigError: If a `.keras` model has no Xception base (for
                 `embed`).
         """
+        if self.kind == INT8:
+            return _load_int8(self, embed=embed)
         if self.kind == WEIGHTS:
             model = _build_from_weights(self, embed=embed, pooling=pooling)
         else:
@@ -304,6 +312,11 @@ def open_source(given, *, need_top: bool = False, progress=True) -> Source:
             raise WeightsError(f"No such file: {given!r}. Check the path.") from None
         if not local.exists() and given.endswith(".keras"):
             raise WeightsError(f"Model file not found: {given!r}. Check the path.")
+        if local.is_dir() and (local / "report.json").is_file():
+            source = _open_int8(given, local.absolute())
+            if need_top and not source.has_top:
+                source.check_top(None)  # Raises, naming the source.
+            return source
         if local.is_dir():
             raise WeightsError(
                 f"{given!r} is a folder; give a weights file (.h5, .weights.h5) "
@@ -427,6 +440,47 @@ def _open_keras(given, path) -> Source:
         has_top=facts.has_top, classes=classes, class_names=class_names,
         synsets=synsets, input_size=facts.input_size, score_rule=facts.score_rule,
     )
+
+
+def _open_int8(given, folder) -> Source:
+    """An int8 folder's facts, from its `report.json` (no OpenVINO yet)."""
+    from keras_xception.inference.quantize import IR_BIN, read_report
+
+    report = read_report(folder)
+    model = (report or {}).get("model")
+    if not isinstance(model, dict):
+        raise WeightsError(
+            f"{given} is a folder but not an int8 model from `keras-xception "
+            "quantize` (model.xml, model.bin and its report.json)."
+        )
+    classes = model.get("classes")
+    names = model.get("class_names")
+    synsets = None
+    if model.get("imagenet"):
+        from keras_xception.preprocessing import imagenet_classes
+
+        pairs = imagenet_classes()
+        synsets, names = tuple(s for s, _ in pairs), [n for _, n in pairs]
+    return Source(
+        given=str(given), kind=INT8, path=str(folder), sha256=sha256(folder / IR_BIN),
+        has_top=classes is not None, classes=classes,
+        class_names=tuple(names) if names else None, synsets=synsets,
+        input_size=tuple(model["input_size"]), score_rule=model.get("score_rule"),
+    )
+
+
+def _load_int8(source: Source, *, embed) -> "Loaded":
+    from keras_xception.inference.quantize import load_folder
+
+    model, report = load_folder(source.path)
+    facts = report["model"]
+    if embed and facts["outputs"] != "features":
+        raise ConfigError(
+            f"{source.given} is an int8 classifier; embeddings need an int8 "
+            "model of the features: keras-xception quantize ... --features."
+        )
+    return Loaded(source, model, facts["rescales_itself"], source.score_rule,
+                  source.classes)
 
 
 _MANY_OUTPUTS = ("{given} is a model with {n} outputs; keras-xception takes a "

@@ -132,7 +132,9 @@ class Predictor:
         self.loaded = loaded
         self.score_rule = loaded.score_rule
         self.image_size = image_size(spec)
-        if spec.precision is None:
+        if spec.source.kind == "int8":  # Quantized already: it runs as it is.
+            self.model = model
+        elif spec.precision is None:
             self.model = optimize_for_inference(model)
         else:
             self.model = optimize_for_inference(model, precision=spec.precision)

@@ -40,7 +40,7 @@ from keras_xception.cli import _runtime
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ("classify", "explain", "embed", "weights", "benchmark", "export", "fine_tune",
-            "serve")
+            "serve", "quantize")
 
 PROG = "keras-xception"
 

@@ -146,6 +146,13 @@ def run(args) -> int:
     if ready is None:
         return 1
     src, top = ready.source, ready.top
+    if src.kind == "int8":
+        from keras_xception.errors import ConfigError
+
+        raise ConfigError(
+            f"{src.given} is an int8 model, which has no gradients for Grad-CAM; "
+            "explain the float32 model it was quantized from."
+        )
     class_index = None
     if args.class_ is not None and src.classes is not None:
         class_index = pipelines.resolve_class(args.class_, src)

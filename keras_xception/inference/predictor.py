@@ -30,14 +30,14 @@ import numpy as np
 
 from keras_xception.checks import positive_int
 from keras_xception.errors import ConfigError
-from keras_xception.inference import cpu, guard, inputs
+from keras_xception.inference import cpu, guard, inputs, quantize
 from keras_xception.inference import onnxruntime as ort_runtime
 from keras_xception.inference import openvino as ov_runtime
 from keras_xception.inference import tensorflow as keras_runtime
 from keras_xception.inference.fold import fold_batch_norm, with_dtype_policy
 from keras_xception.inference.tensorflow import compile_forward
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 RUNTIMES = {
     "keras": keras_runtime,
     "openvino": ov_runtime,
@@ -254,7 +254,7 @@ class _Choice:
         return self
 
 
-def _check_arguments(precision, runtime):
+def _check_arguments(precision, runtime, calibration=None):
     import keras
 
     if precision not in PRECISIONS:
@@ -262,6 +262,9 @@ def _check_arguments(precision, runtime):
             f"precision must be one of {', '.join(PRECISIONS)}. "
             f"Received: precision={precision!r}"
         )
+    if precision == "int8" or calibration is not None:
+        quantize.check_request(precision, runtime, calibration)
+        return
     if runtime != "auto" and runtime not in RUNTIMES:
         raise ConfigError(
             f"runtime must be one of auto, {', '.join(RUNTIMES)}. "
@@ -282,7 +285,8 @@ def _check_arguments(precision, runtime):
         )
 
 
-def optimize_for_inference(model, precision="auto", *, runtime="auto"):
+def optimize_for_inference(model, precision="auto", *, runtime="auto", calibration=None,
+                           held_out=None, thresholds=None, insist=False):
     """Returns a faster copy of `model` for inference on the CPU.
 
     Folds each BatchNormalization into the convolution before it (and each
@@ -329,14 +333,25 @@ def optimize_for_inference(model, precision="auto", *, runtime="auto"):
         model: A functional `keras.Model`, e.g. from `keras_xception.Xception`
             or `keras.applications.Xception`, with any `include_top` and
             `pooling`, or a classifier with such a model nested inside.
-        precision: `"auto"` (default), `"float32"` or `"bfloat16"`.
+        precision: `"auto"` (default), `"float32"`, `"bfloat16"` or
+            `"int8"` (OpenVINO with NNCF, the `int8` extra; needs
+            `calibration`; see `quantize`). `"auto"` never picks int8.
         runtime: `"auto"` (default), `"keras"`, `"openvino"` or
             `"onnxruntime"`.
+        calibration: For int8: an array of images prepared as the model
+            takes them, a folder, or a list of image files.
+        held_out: For int8: images the agreement report is measured on
+            (default: every fourth calibration image, not calibrated on).
+        thresholds: For int8: overrides of `quantize.THRESHOLDS`
+            (`{"top1_agreement": 0.97, "mean_cosine": 0.99}`); below them
+            the call warns (`AccuracyWarning`) and returns float32.
+        insist: For int8: keep int8 even below the thresholds.
 
     Returns:
         A new `keras.Model` with a fast `predict(x, batch_size=None,
         verbose="auto", ...)` and a `describe()` returning a dict:
-        `runtime`, `precision`, `requested_precision`, `threads`, `reason`.
+        `runtime`, `precision`, `requested_precision`, `threads`, `reason`,
+        and for int8 `int8`: the agreement report.
 
     Raises:
         keras_xception.errors.ConfigError: If `model` is not a functional
@@ -346,12 +361,17 @@ def optimize_for_inference(model, precision="auto", *, runtime="auto"):
             `predict`, if the batch is empty or of another image shape than
             the model's input, or `batch_size` is not a positive integer.
     """
-    _check_arguments(precision, runtime)
+    if isinstance(model, quantize.Int8Model):
+        return quantize.already_int8(model, precision, calibration)
+    _check_arguments(precision, runtime, calibration)
     folded = fold_batch_norm(model)
     if not _all_float32(folded):
         # A model built under a mixed policy: every runtime starts from
         # float32, and the precision is this function's to choose.
         folded = with_dtype_policy(folded, "float32")
+    if precision == "int8":
+        return quantize.attach_int8(folded, calibration, held_out=held_out,
+                                    thresholds=thresholds, insist=insist)
     choice = _Choice(folded, precision, runtime)
 
     def forward():
