@@ -1,0 +1,223 @@
+"""int8 inference: calibration, the agreement report, the cache, the command line.
+
+The kitchenware classifier (genuine ImageNet base, 150x150) is quantized
+once per session, on 6 of the 18 kitchenware photos; the report and the
+checks below use 9 others, held out. The Keras cache of the session is a
+temporary folder, so every later quantization of the same model and images
+in the session (the threshold fallback, the command line) is a cache hit.
+"""
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from keras_xception.errors import ConfigError
+from keras_xception.inference import AccuracyWarning, optimize_for_inference, quantize
+from keras_xception.preprocessing import preprocess_input
+from tests import realweights
+
+
+@pytest.fixture(scope="session")
+def int8_home(tmp_path_factory):
+    """A Keras cache for this module's quantized models, set for the session."""
+    home = tmp_path_factory.mktemp("int8_keras_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(home))
+        patch.setenv("KERAS_XCEPTION_OFFLINE", "1")
+        yield home
+
+
+@pytest.fixture(scope="session")
+def photo_sets(kitchen_photos, tmp_path_factory):
+    """(calibration folder of 6 photos, held-out folder of 9 others)."""
+    root = tmp_path_factory.mktemp("int8_photos")
+    calibration, held_out = root / "calibration", root / "held_out"
+    calibration.mkdir()
+    held_out.mkdir()
+    for path in kitchen_photos[0::2][:6]:
+        shutil.copy(path, calibration)
+    for path in kitchen_photos[1::2]:
+        shutil.copy(path, held_out)
+    return calibration, held_out
+
+
+@pytest.fixture(scope="session")
+def int8_kitchen(int8_home, kitchen_model, photo_sets):
+    """The kitchenware classifier in int8, quantized once for the session."""
+    calibration, held_out = photo_sets
+    before = quantize.quantized_count
+    model = optimize_for_inference(kitchen_model, "int8", calibration=calibration,
+                                   held_out=held_out)
+    assert quantize.quantized_count == before + 1
+    return model
+
+
+def _held_out_pixels(photo_sets):
+    files = sorted(photo_sets[1].iterdir())
+    return files, realweights.pillow_pixels(files, 150)
+
+
+def _keras(model, x):
+    """`model`'s float32 outputs for `x`, in the input structure it was saved with."""
+    import keras
+
+    return np.asarray(model(keras.tree.pack_sequence_as(model.input, [x]), training=False))
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.slow
+def test_int8_agrees_with_float32_keras_on_held_out_photos(int8_kitchen, kitchen_model,
+                                                           photo_sets):
+    _, pixels = _held_out_pixels(photo_sets)
+    x = preprocess_input(pixels)
+    reference = _keras(kitchen_model, x)  # Keras, float32
+    got = int8_kitchen.predict(x, verbose=0)
+    assert int8_kitchen.describe()["precision"] == "int8"
+    cosines = _cosines(reference, got)
+    assert cosines.mean() >= 0.99 and cosines.min() >= 0.97, cosines
+    np.testing.assert_array_equal(got.argmax(1), reference.argmax(1))
+
+
+@pytest.mark.slow
+def test_report_describes_held_out_agreement_and_speed(int8_kitchen):
+    report = int8_kitchen.describe()["int8"]
+    assert report["calibration"]["images"] == 6
+    assert report["calibration"]["held_out"] == 9
+    agreement = report["agreement"]
+    assert 0.99 <= agreement["mean_cosine"] <= 1
+    assert agreement["min_cosine"] <= agreement["mean_cosine"]
+    assert agreement["top1_agreement"] == 1.0  # 6 classes: a classifier
+    assert 0 < agreement["top5_overlap"] <= 1
+    speed = report["speed"]
+    assert speed["int8_img_per_s"] > 0 and speed["float32_img_per_s"] > 0
+    assert speed["speedup"] == pytest.approx(
+        speed["int8_img_per_s"] / speed["float32_img_per_s"])
+    assert report["thresholds"] == quantize.THRESHOLDS and report["passed"] is True
+    assert set(report["versions"]) == {"nncf", "openvino"}
+    # The JSON file beside the cached model holds the same measurements.
+    saved = json.loads((quantize.pathlib.Path(report["path"]) / "report.json").read_text())
+    assert saved["agreement"] == agreement and saved["speed"] == speed
+
+
+@pytest.mark.slow
+def test_second_call_is_a_cache_hit_and_below_threshold_falls_back(
+        int8_kitchen, kitchen_model, photo_sets):
+    calibration, held_out = photo_sets
+    folder = quantize.pathlib.Path(int8_kitchen.describe()["int8"]["path"])
+    stamp = (folder / "model.bin").stat().st_mtime_ns
+    count = quantize.quantized_count
+    with pytest.warns(AccuracyWarning, match=r"mean cosine 0\.9\d+ < 1\.01"):
+        fallback = optimize_for_inference(kitchen_model, "int8", calibration=calibration,
+                                          held_out=held_out,
+                                          thresholds={"mean_cosine": 1.01})
+    assert quantize.quantized_count == count  # No calibration: read from the cache.
+    assert (folder / "model.bin").stat().st_mtime_ns == stamp
+    plan = fallback.describe()
+    assert plan["int8"]["cache"] == "hit" and plan["int8"]["passed"] is False
+    assert plan["precision"] == "float32" and plan["requested_precision"] == "int8"
+    _, pixels = _held_out_pixels(photo_sets)
+    x = preprocess_input(pixels)
+    np.testing.assert_allclose(fallback.predict(x), _keras(kitchen_model, x),
+                               rtol=1e-4, atol=1e-4)
+    # Insisting keeps int8, from the same cache entry.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AccuracyWarning)
+        kept = optimize_for_inference(kitchen_model, "int8", calibration=calibration,
+                                      held_out=held_out, insist=True,
+                                      thresholds={"mean_cosine": 1.01})
+    assert kept.describe()["precision"] == "int8"
+    assert quantize.quantized_count == count
+
+
+@pytest.mark.slow
+def test_black_calibration_is_a_cache_miss_and_agrees_less(int8_kitchen, kitchen_model,
+                                                          photo_sets):
+    count = quantize.quantized_count
+    black = preprocess_input(np.zeros((4, 150, 150, 3), np.float32))
+    with pytest.warns(AccuracyWarning):
+        broken = optimize_for_inference(kitchen_model, "int8", calibration=black,
+                                        held_out=photo_sets[1])
+    assert quantize.quantized_count == count + 1
+    bad, good = broken.describe()["int8"], int8_kitchen.describe()["int8"]
+    assert bad["agreement"]["mean_cosine"] < good["agreement"]["mean_cosine"] - 0.01
+    assert bad["passed"] is False and broken.describe()["precision"] == "float32"
+
+
+def test_int8_without_calibration_is_one_error(kitchen_model):
+    with pytest.raises(ValueError, match=r"needs calibration images.*calibration=None"):
+        optimize_for_inference(kitchen_model, "int8")
+    with pytest.raises(ConfigError, match=r"only with precision='int8'.*'auto'"):
+        optimize_for_inference(kitchen_model, calibration=np.zeros((2, 150, 150, 3)))
+    with pytest.raises(ConfigError, match=r"runs on OpenVINO.*'keras'"):
+        optimize_for_inference(kitchen_model, "int8", calibration=np.zeros((2, 150, 150, 3)),
+                               runtime="keras")
+
+
+@pytest.mark.slow
+def test_cli_quantize_then_classify_equals_python_and_explain_refuses(
+        int8_kitchen, photo_sets, run_cli, tmp_path):
+    calibration, held_out = photo_sets
+    out = tmp_path / "kitchen_int8"
+    source = realweights.package_root() / realweights.MODEL_FILE
+    status, stdout, stderr = run_cli("quantize", source, "--calibration", calibration,
+                                     "--held-out", held_out, "--output", out)
+    assert status == 0, stderr
+    assert stdout.startswith(f"{out}: int8, calibrated on 6 images; on 9 held-out")
+    assert stdout.count("\n") == 1
+    assert sorted(os.listdir(out)) == ["model.bin", "model.xml", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["input_size"] == [150, 150] and report["model"]["classes"] == 6
+
+    status, stdout, stderr = run_cli("classify", held_out, "--model", out, "--top", "6",
+                                     "--json")
+    assert status == 0, stderr
+    got = {os.path.basename(r["path"]): {p["class_index"]: p["score"]
+                                         for p in r["predictions"]}
+           for r in json.loads(stdout)}
+    files, _ = _held_out_pixels(photo_sets)
+    from keras_xception import images
+
+    x = preprocess_input(np.stack([images.decode(f, (150, 150)) for f in files]))
+    logits = int8_kitchen.predict(x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    expected = e / e.sum(1, keepdims=True)
+    for f, row in zip(files, expected):
+        np.testing.assert_allclose([got[f.name][i] for i in range(6)], row, atol=1e-5)
+
+    status, stdout, stderr = run_cli("explain", held_out, "--model", out,
+                                     "--output", tmp_path / "overlays")
+    assert status == 1 and stdout == ""
+    assert stderr.strip().count("\n") == 0 and "int8 model" in stderr
+    assert "no gradients" in stderr
+
+
+def test_quantize_refuses_an_existing_output(run_cli, tmp_path, photo_sets):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "model.xml").write_text("x")
+    status, stdout, stderr = run_cli("quantize", "imagenet", "--calibration",
+                                     photo_sets[0], "--output", out)
+    assert (status, stdout) == (1, "")
+    assert stderr == f"error: {out} exists already; remove it or pick another path.\n"
+
+
+def test_interrupted_write_leaves_no_folder(tmp_path, monkeypatch):
+    import openvino
+
+    def save_half(model, path, **kwargs):
+        with open(path, "w") as f:
+            f.write("<net")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(openvino, "save_model", save_half)
+    out = tmp_path / "int8"
+    with pytest.raises(KeyboardInterrupt):
+        quantize.write_folder(out, object(), {"format": quantize.FORMAT})
+    assert os.listdir(tmp_path) == []  # Neither the folder nor its temporary.
