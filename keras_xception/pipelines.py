@@ -69,7 +69,7 @@ def top_predictions(src, probabilities, top) -> list[list[Prediction]]:
 
 
 def classify(files, src, *, top=None, batch_size=8, max_pixels=None, on_error=None,
-             precision="auto", runtime="auto", on_model=None):
+             precision="auto", runtime="auto", on_model=None, calibration=None):
     """Classifies `files`; yields `(path, [Prediction, ...])` as they are done.
 
     Args:
@@ -80,7 +80,8 @@ def classify(files, src, *, top=None, batch_size=8, max_pixels=None, on_error=No
         max_pixels: The pixel limit for decoding, or `None` for the default.
         on_error: `on_error(path, message)` for each unreadable file, or
             `None` to raise `ImageError`.
-        precision, runtime: Passed to `optimize_for_inference`.
+        precision, runtime, calibration: Passed to `optimize_for_inference`
+            (`calibration`: for `precision="int8"`).
         on_model: Called with the `Loaded` model once it is built (after
             the first batch is decoded), or `None`.
 
@@ -101,7 +102,8 @@ def classify(files, src, *, top=None, batch_size=8, max_pixels=None, on_error=No
         loaded = src.load()
         if on_model is not None:
             on_model(loaded)
-        model = optimize_for_inference(loaded.model, precision, runtime=runtime)
+        int8 = {} if calibration is None else {"calibration": calibration}
+        model = optimize_for_inference(loaded.model, precision, runtime=runtime, **int8)
         for paths, images in itertools.chain([first], batches):
             first = None  # Drop the reference so the batch can be freed.
             outputs = model.predict(loaded.prepare(images), batch_size=len(paths),

@@ -60,8 +60,8 @@ def add_parser(subparsers):
                         "an http(s) URL of one")
     source.add_argument("--model", metavar="PATH.keras",
                         help="a fine-tuned .keras model (from `fine-tune`, or any "
-                        "model on an Xception base) instead of --weights; its "
-                        "class names are used")
+                        "model on an Xception base), or an int8 folder from "
+                        "`quantize`, instead of --weights; its class names are used")
     parser.add_argument("--top", type=positive_int, default=None, metavar="K",
                         help=f"predictions per image, 1 to {MAX_TOP} and at most "
                         "the model's classes (default: 5, or all of fewer)")
@@ -78,13 +78,18 @@ def add_parser(subparsers):
                         help="refuse images larger than N pixels (width x height; "
                         "default: $KERAS_XCEPTION_MAX_PIXELS, else 178956970, "
                         "Pillow's decompression-bomb limit)")
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+    parser.add_argument("--calibration", metavar="DIR", default=None,
+                        help="with --precision int8: images to calibrate the int8 "
+                        "model on (quantized once, then read from the Keras cache; "
+                        "`keras-xception quantize` writes it to a folder instead)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "int8"),
                         default=None,
                         help="compute precision (default: auto, or float32 with "
                         "--output: bfloat16 only where the CPU computes it "
                         "natively (avx512_bf16 or amx_bf16) and a probe check "
                         "against float32 holds, else float32; outputs are "
-                        "always float32)")
+                        "always float32; int8 needs --calibration and the int8 "
+                        "extra, and is not for --output)")
     # `--output DIR` turns classify into a batch job (Parquet results,
     # resumable, local or on Ray); its other options are added alongside.
     from keras_xception.cli._batch import add_batch_arguments
@@ -121,6 +126,9 @@ def _table(record) -> str:
 def run(args) -> int:
     from keras_xception.cli._batch import check_batch_only
 
+    from keras_xception.inference.quantize import check_options
+
+    check_options(args.precision, args.calibration, batch=args.output is not None)
     if args.output is not None:
         from keras_xception.cli._batch import run_batch
 
@@ -147,6 +155,7 @@ def run(args) -> int:
         ready.found, ready.source, top=ready.top, batch_size=ready.batch_size,
         max_pixels=ready.max_pixels, on_error=ready.on_error,
         precision=args.precision or "auto", on_model=on_model,
+        calibration=args.calibration,
     ):
         results.add(_record(path, predictions, rule))
     results.close()

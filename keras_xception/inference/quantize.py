@@ -59,6 +59,7 @@ import numpy as np
 from keras_xception.checks import install_hint, require, require_tensorflow_backend
 from keras_xception.errors import ConfigError, WeightsError
 
+NAME = "NNCF and OpenVINO"
 EXTRA = install_hint("int8")
 
 # What a quantized model must keep of float32's outputs on held-out images.
@@ -91,6 +92,13 @@ SPEED_BATCH = 8
 # How many times a model was quantized in this process (a cache hit does not
 # count): what a test reads to see that a second call did no calibration.
 quantized_count = 0
+
+
+def installed():
+    """Whether NNCF and OpenVINO can be imported."""
+    from keras_xception.checks import missing
+
+    return not missing("int8")
 
 
 def _require():
@@ -525,6 +533,33 @@ def check_request(precision, runtime, calibration) -> None:
             f"Received: runtime={runtime!r}"
         )
     _require()
+
+
+def check_options(precision, calibration, *, batch=False) -> None:
+    """The command line's `--precision int8 --calibration DIR`, checked before any work.
+
+    Raises:
+        ConfigError: If one is given without the other, the folder does not
+            exist, it is a batch job (`--output`), or the extra is missing.
+    """
+    if precision != "int8" and calibration is None:
+        return
+    if precision != "int8":
+        raise ConfigError(
+            "--calibration is for --precision int8. "
+            f"Received: --precision {precision or 'auto'}"
+        )
+    if calibration is None:
+        raise ConfigError(
+            "--precision int8 needs --calibration DIR: images to calibrate on.")
+    if batch:
+        raise ConfigError(
+            "--precision int8 is not for a batch job; write the int8 model once "
+            "with `keras-xception quantize SRC --calibration DIR --output OUT` "
+            "and pass --model OUT.")
+    if not os.path.exists(calibration):
+        raise ConfigError(f"--calibration {os.fspath(calibration)!r} does not exist.")
+    require("int8", "--precision int8")
 
 
 def attach_int8(folded, calibration, *, held_out=None, thresholds=None, insist=False):
