@@ -1,11 +1,32 @@
 """Shared fixtures: the real ImageNet weights and photos, the command line in process."""
 
+import os
 import pathlib
 import platform
 
 import pytest
 
 from tests import commandline, realweights
+
+# How the suite runs in parallel (setup.cfg: `-n auto --dist loadgroup`).
+# Each module is one unit of work, so a module's fixtures (a server, a Ray
+# cluster, a model) are built once; a test that sets its own `xdist_group`
+# joins that group instead (the docs test: one group per page, whose blocks
+# run in order in one process). Workers: one per CPU this process may use, at
+# most MAX_WORKERS (each holds TensorFlow and a few models: 2-3 GB).
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(cpus or 1, MAX_WORKERS) if (cpus or 1) > 1 else 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")

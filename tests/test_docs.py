@@ -369,7 +369,10 @@ def page_results(docs_env, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", ALL_BLOCKS, ids=[b.id for b in ALL_BLOCKS])
+@pytest.mark.parametrize("block", [
+    # A page's blocks run in order in one process: one parallel group per page.
+    pytest.param(b, id=b.id, marks=pytest.mark.xdist_group(f"docs:{b.page}"))
+    for b in ALL_BLOCKS])
 def test_block(block, page_results):
     if block.not_run is not None:
         pytest.skip(f"{block.id} not run: {block.not_run}")

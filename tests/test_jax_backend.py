@@ -22,7 +22,7 @@ def test_model_tests_pass_under_jax():
         pytest.skip("this pytest process already runs under KERAS_BACKEND=jax")
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
          *BACKEND_NEUTRAL_TESTS],
         cwd=ROOT,
         env=env,
