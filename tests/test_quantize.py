@@ -221,3 +221,16 @@ def test_interrupted_write_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         quantize.write_folder(out, object(), {"format": quantize.FORMAT})
     assert os.listdir(tmp_path) == []  # Neither the folder nor its temporary.
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--precision", "int8"), "error: --precision int8 needs --calibration DIR"),
+    (("--calibration", "."), "error: --calibration is for --precision int8"),
+    (("--precision", "int8", "--calibration", ".", "--output", "out"),
+     "error: --precision int8 is not for a batch job"),
+])
+def test_classify_int8_options_are_checked_before_work(run_cli, kitchen_photos, options,
+                                                       message):
+    status, stdout, stderr = run_cli("classify", kitchen_photos[0], *options)
+    assert (status, stdout) == (1, "")
+    assert stderr.startswith(message) and stderr.count("\n") == 1
