@@ -23,7 +23,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from tests import commandline
+from tests import commandline, realweights
 
 PHOTOS = 4
 
@@ -79,14 +79,16 @@ def test_embed_writes_one_parquet_dataset_and_records_the_broken_image(embedded,
 
 @pytest.mark.numerics
 def test_embeddings_equal_the_library_on_the_same_pixels(embedded, imagenet_notop_files):
-    from keras_xception import Xception, preprocess_input
-    from keras_xception.images import decode
+    # An independent reference: keras.applications on pixels Pillow decodes
+    # here (at 299x299 from these 750x1000 JPEGs the package's decoder gives
+    # the same pixels, so the tolerance stays that of kernel order).
+    import keras
 
     table = read_results(embedded[0])
-    pixels = np.stack([decode(p, (299, 299)) for p in table["path"].to_pylist()])
-    model = Xception(include_top=False, pooling="avg",
-                     weights=str(imagenet_notop_files["keras3"]))
-    expected = model.predict(preprocess_input(pixels), verbose=0)
+    pixels = realweights.pillow_pixels(table["path"].to_pylist(), 299)
+    model = keras.applications.Xception(include_top=False, pooling="avg",
+                                        weights=str(imagenet_notop_files["keras3"]))
+    expected = model.predict(pixels / 127.5 - 1, verbose=0)
     np.testing.assert_allclose(embeddings(table), expected, rtol=0, atol=1e-5)
 
 
@@ -247,8 +249,9 @@ def test_overwrite_replaces_another_models_results(embedded, small_classifier, f
 @pytest.mark.numerics
 def test_classify_with_imagenet_top_weights_names_imagenet_classes(
         folder, imagenet_top_weights, tmp_path):
-    from keras_xception import Xception, decode_predictions, preprocess_input
-    from keras_xception.images import decode
+    import keras
+
+    from keras_xception import decode_predictions
     weights = imagenet_top_weights
     output = tmp_path / "out"
     done = commandline.main("classify", folder, "--output", output, "--weights", weights,
@@ -258,8 +261,10 @@ def test_classify_with_imagenet_top_weights_names_imagenet_classes(
     assert json.loads(done.stdout)["precision"] == "float32"
     table = read_results(output)
     assert table.num_rows == PHOTOS
-    pixels = np.stack([decode(p, (299, 299)) for p in table["path"].to_pylist()])
-    probs = Xception(weights=str(weights)).predict(preprocess_input(pixels), verbose=0)
+    # keras.applications on Pillow's pixels, as in the embeddings test.
+    pixels = realweights.pillow_pixels(table["path"].to_pylist(), 299)
+    probs = keras.applications.Xception(weights=str(weights)).predict(
+        pixels / 127.5 - 1, verbose=0)
     for row, p, named in zip(table.to_pylist(), probs, decode_predictions(probs, top=3)):
         assert row["class_index"] == [int(i) for i in np.argsort(-p, kind="stable")[:3]]
         assert row["class_name"] == [name for _, name, _ in named]
