@@ -420,6 +420,7 @@ def _metric(server, name):
     return float(match.group(1)) if match else 0.0
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_at_once(server, reference):
     batcher = server.app.state.batcher
     blocked = threading.Event()

@@ -92,6 +92,7 @@ _V2 = re.compile(r"(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 _V1_VERBS = ("predict", "classify", "explain")
 
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
+_RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -398,7 +399,8 @@ def build_app(service, settings, *, batcher=None):
             if upload is None or isinstance(upload, str):
                 raise RequestError('a multipart body needs a file field "image" (the photo)')
             return await upload.read()
-        if media is None or media == "application/octet-stream" or media.startswith("image/"):
+        # `curl --data-binary @photo.jpg` says application/x-www-form-urlencoded.
+        if media is None or media in _RAW_TYPES or media.startswith("image/"):
             data = await request.body()
             if not data:
                 raise RequestError("the body is empty: send the photo as the body or as "
@@ -474,7 +476,7 @@ def build_app(service, settings, *, batcher=None):
         infer = await off_loop(oip.parse_infer, body,
                                request.headers.get(oip.HEADER_LENGTH), service)
         outputs = await run_images(infer.items)
-        content, headers = oip.infer_response(service, name, infer, outputs)
+        content, headers = await off_loop(oip.infer_response, service, name, infer, outputs)
         media = headers.pop("Content-Type")
         return Response(content, media_type=media, headers=headers)
 
@@ -506,7 +508,10 @@ def build_app(service, settings, *, batcher=None):
             body = await request.body()
             items, columnar = await off_loop(tfserving.parse_predict, body)
             outputs = await run_images(items)
-            return tfserving.predict_response(outputs, columnar)
+            # Encoded off the loop: an answer can hold many thousands of floats.
+            content = await off_loop(
+                lambda: _json_encode(tfserving.predict_response(outputs, columnar)))
+            return Response(content, media_type="application/json")
         if verb == "classify":
             top = service.check_top(_int_query(request, "top"))
             data = await image_body(request)
@@ -528,6 +533,12 @@ def build_app(service, settings, *, batcher=None):
 
     app.add_middleware(_Guard, settings=settings, metrics=metrics)
     return app
+
+
+def _json_encode(payload) -> bytes:
+    import json
+
+    return json.dumps(payload).encode()
 
 
 def _int_query(request, field):
