@@ -303,7 +303,7 @@ def build_app(service, settings, *, batcher=None):
     require("serve", "keras-xception serve")
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
 
     name = settings.name
@@ -422,9 +422,13 @@ def build_app(service, settings, *, batcher=None):
 
     # --- the page and metrics ------------------------------------------------------
 
+    # The page learns the model's name from its <body data-model="...">.
+    index_html = render_page(name)
+
     @app.get("/")
+    @app.get("/page/index.html")
     async def page():
-        return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
+        return Response(index_html, media_type="text/html; charset=utf-8")
 
     from starlette.staticfiles import StaticFiles
 
@@ -533,6 +537,14 @@ def build_app(service, settings, *, batcher=None):
 
     app.add_middleware(_Guard, settings=settings, metrics=metrics)
     return app
+
+
+def render_page(name: str) -> bytes:
+    """`page/index.html` with the model's name filled in (HTML-escaped)."""
+    import html
+
+    template = (PAGE_DIR / "index.html").read_text(encoding="utf-8")
+    return template.replace("{{MODEL_NAME}}", html.escape(name, quote=True)).encode()
 
 
 def _json_encode(payload) -> bytes:
