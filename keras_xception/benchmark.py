@@ -23,7 +23,9 @@ alternate and share the machine's noise:
   with its `predict` (`precision="auto"`); `fast-float32` and
   `fast-bfloat16` the same with TensorFlow's kernels in that precision, and
   `fast-openvino-float32`, `fast-openvino-bfloat16`, `fast-onnxruntime` the
-  same through those runtimes (these three only when named in `only`);
+  same through those runtimes, and `fast-int8` in int8 (NNCF on OpenVINO,
+  calibrated on random images; its calibration counts in `prepare_s`)
+  (these four only when named in `only`);
 - `onnxruntime` and `openvino`, when installed: the unfolded model exported
   to that runtime and run with its default settings, as a user who picked
   that runtime would.
@@ -147,6 +149,9 @@ FAST_RUNTIMES = {
     "fast-openvino-float32": ("openvino", "float32"),
     "fast-openvino-bfloat16": ("openvino", "bfloat16"),
     "fast-onnxruntime": ("onnxruntime", "float32"),
+    # int8 (NNCF on OpenVINO), calibrated on the worker's batch; its
+    # calibration is part of `prepare_s`.
+    "fast-int8": ("openvino", "int8"),
 }
 ALL_FAST = {**FAST, **FAST_RUNTIMES}
 
@@ -172,7 +177,17 @@ def _build(contestant, model):
 
     if contestant in ALL_FAST:
         runtime, precision = ALL_FAST[contestant]
-        fast = optimize_for_inference(model, precision, runtime=runtime)
+        int8 = {}
+        if precision == "int8":
+            import tempfile
+
+            # Random weights and images: agreement does not matter here, and
+            # the quantized model goes to a throw-away cache.
+            os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="benchmark-int8-")
+            size = architecture.DEFAULT_SIZE
+            calibration = np.random.default_rng(1).uniform(-1, 1, (8, size, size, 3))
+            int8 = {"calibration": calibration.astype("float32"), "insist": True}
+        fast = optimize_for_inference(model, precision, runtime=runtime, **int8)
         plan = fast.describe()
         return fast.predict, {"runtime": plan["runtime"], "precision": plan["precision"]}
     if contestant == "onnxruntime":
@@ -337,7 +352,10 @@ def _runtime_of(name):
     """The optional runtime module a contestant needs, or `None`."""
     from keras_xception.inference import onnxruntime as ort_runtime
     from keras_xception.inference import openvino as ov_runtime
+    from keras_xception.inference import quantize
 
+    if "int8" in name:
+        return quantize
     if "onnxruntime" in name:
         return ort_runtime
     if "openvino" in name:

@@ -737,10 +737,10 @@ def quantize_source(given, calibration, out, *, features=False, held_out=None,
     out = check_output(out)
     _require()
     thresholds = check_thresholds(thresholds)
-    src = open_source(given, need_top=given == IMAGENET and not features, progress=progress)
     for what, images in (("--calibration", calibration), ("--held-out", held_out)):
         if images is not None and not os.path.exists(images):
             raise ConfigError(f"{what} {os.fspath(images)!r} does not exist.")
+    src = open_source(given, need_top=given == IMAGENET and not features, progress=progress)
     loaded = src.load(embed=features)
     folded = fold_batch_norm(loaded.model)
     quantized, report, _ = quantize_model(folded, calibration, held_out=held_out)
