@@ -25,6 +25,9 @@ from keras_xception.errors import ConfigError
 LOOPBACK = "127.0.0.1"
 MIB = 1024 * 1024
 
+# Ray clusters never run two at once: tests/test_serve_ray.py is in this group too.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 @pytest.fixture(scope="module")
 def cluster():

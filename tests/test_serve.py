@@ -694,7 +694,7 @@ def test_serve_option_errors_are_one_line_before_the_model(run_cli, tmp_path):
     missing = tmp_path / "missing.keras"  # Never opened: the checks come first.
     try:
         cases = [
-            (["--engine", "ray"], "--engine ray is not available"),
+            (["--engine", "ray", "--address", "nowhere"], "--address must be"),
             (["--replicas", "2"], "--replicas is for --engine ray"),
             (["--api-key-file", empty], "is empty"),
             (["--api-key-file", tmp_path / "nope.txt"], "cannot read --api-key-file"),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -153,10 +152,10 @@ def _engine(args):
             given = "--address" if args.address is not None else "--replicas"
             raise ConfigError(f"{given} is for --engine ray. Received: --engine {args.engine}")
         return importlib.import_module(ENGINES[args.engine])
-    if importlib.util.find_spec(ENGINES["ray"]) is None:
-        raise ConfigError("--engine ray is not available in this version yet; use "
-                          "--engine local")
     require("ray", "--engine ray")
+    from keras_xception.batch.ray_engine import check_address
+
+    check_address(args.address)  # Before any work: Ray itself retries for minutes.
     return importlib.import_module(ENGINES["ray"])
 
 
