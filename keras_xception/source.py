@@ -24,7 +24,7 @@ What a source can be:
   transfer-learning guide builds it.
 - an int8 folder written by `keras-xception quantize` (OpenVINO IR and
   `report.json`, which holds the class names, input size and input rule);
-  it loads as an `inference.quantize.Int8Model`, which predicts but has no
+  it loads as an `inference.int8_folder.Int8Model`, which predicts but has no
   gradients (`explain` refuses it).
 
 `open_source` does everything that needs no TensorFlow, once per file and
@@ -470,7 +470,7 @@ def _open_int8(given, folder) -> Source:
 
 
 def _load_int8(source: Source, *, embed) -> "Loaded":
-    from keras_xception.inference.quantize import load_folder
+    from keras_xception.inference.int8_folder import load_folder
 
     model, report = load_folder(source.path)
     facts = report["model"]

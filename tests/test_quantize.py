@@ -9,6 +9,7 @@ in the session (the threshold fallback, the command line) is a cache hit.
 
 import json
 import os
+import pathlib
 import shutil
 import warnings
 
@@ -102,7 +103,7 @@ def test_report_describes_held_out_agreement_and_speed(int8_kitchen):
     assert report["thresholds"] == quantize.THRESHOLDS and report["passed"] is True
     assert set(report["versions"]) == {"nncf", "openvino"}
     # The JSON file beside the cached model holds the same measurements.
-    saved = json.loads((quantize.pathlib.Path(report["path"]) / "report.json").read_text())
+    saved = json.loads((pathlib.Path(report["path"]) / "report.json").read_text())
     assert saved["agreement"] == agreement and saved["speed"] == speed
 
 
@@ -110,7 +111,7 @@ def test_report_describes_held_out_agreement_and_speed(int8_kitchen):
 def test_second_call_is_a_cache_hit_and_below_threshold_falls_back(
         int8_kitchen, kitchen_model, photo_sets):
     calibration, held_out = photo_sets
-    folder = quantize.pathlib.Path(int8_kitchen.describe()["int8"]["path"])
+    folder = pathlib.Path(int8_kitchen.describe()["int8"]["path"])
     stamp = (folder / "model.bin").stat().st_mtime_ns
     count = quantize.quantized_count
     with pytest.warns(AccuracyWarning, match=r"mean cosine 0\.9\d+ < 1\.01"):

@@ -64,7 +64,7 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from keras_xception.inference.quantize import quantize_source
+    from keras_xception.inference.int8_folder import quantize_source
 
     thresholds = {name: value for name, value in (
         ("top1_agreement", args.min_top1), ("mean_cosine", args.min_cosine))

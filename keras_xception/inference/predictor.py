@@ -30,7 +30,7 @@ import numpy as np
 
 from keras_xception.checks import positive_int
 from keras_xception.errors import ConfigError
-from keras_xception.inference import cpu, guard, inputs, quantize
+from keras_xception.inference import cpu, guard, inputs, int8_folder, quantize
 from keras_xception.inference import onnxruntime as ort_runtime
 from keras_xception.inference import openvino as ov_runtime
 from keras_xception.inference import tensorflow as keras_runtime
@@ -361,8 +361,8 @@ def optimize_for_inference(model, precision="auto", *, runtime="auto", calibrati
             `predict`, if the batch is empty or of another image shape than
             the model's input, or `batch_size` is not a positive integer.
     """
-    if isinstance(model, quantize.Int8Model):
-        return quantize.already_int8(model, precision, calibration)
+    if isinstance(model, int8_folder.Int8Model):
+        return int8_folder.already_int8(model, precision, calibration)
     _check_arguments(precision, runtime, calibration)
     folded = fold_batch_norm(model)
     if not _all_float32(folded):
