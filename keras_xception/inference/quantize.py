@@ -46,6 +46,7 @@ folder back as a model (`int8_folder.Int8Model`).
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -492,12 +493,13 @@ def quantize_model(folded, calibration, *, held_out=None, cache=True):
     if folder is not None:
         try:
             write_folder(folder, quantized, report)
-        except FileExistsError:  # Another process wrote it first: the same model.
-            pass
         except OSError as err:
-            warnings.warn(f"the int8 model was not cached in {folder}: {err}",
-                          stacklevel=3)
-            folder = None
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY) and read_report(folder):
+                pass  # Another process wrote it first: the same model.
+            else:
+                warnings.warn(f"the int8 model was not cached in {folder}: {err}",
+                              stacklevel=3)
+                folder = None
     report = dict(report, cache="written" if folder is not None else "off",
                   path=str(folder) if folder is not None else None)
     return quantized, report, folder
