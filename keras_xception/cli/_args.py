@@ -34,6 +34,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1. Received: {text!r}")
+    return value
+
+
 def output_path(text: str) -> pathlib.Path:
     """A path that can be created: its nearest existing parent is a writable
     folder. Whether something already exists there is for the command to

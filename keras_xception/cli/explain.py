@@ -33,7 +33,7 @@ import os
 import pathlib
 
 from keras_xception.checks import MAX_BATCH_SIZE
-from keras_xception.cli._args import positive_int
+from keras_xception.cli._args import fraction, positive_int
 from keras_xception.cli._inputs import Results, start
 from keras_xception.images import IMAGE_EXTENSIONS
 from keras_xception.pipelines import DEFAULT_EXPLAIN_BATCH_SIZE as DEFAULT_BATCH_SIZE
@@ -82,7 +82,7 @@ def add_parser(subparsers):
     parser.add_argument("--layer", metavar="NAME", default=None,
                         help="the Xception layer to explain (default: "
                         "block14_sepconv2_act, the last convolutional block)")
-    parser.add_argument("--alpha", type=_alpha, default=0.4, metavar="A",
+    parser.add_argument("--alpha", type=fraction, default=0.4, metavar="A",
                         help="the heatmap's weight over the photo, 0 to 1 "
                         "(default: 0.4)")
     parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="auto",
@@ -102,17 +102,6 @@ def add_parser(subparsers):
                         "default: $KERAS_XCEPTION_MAX_PIXELS, else 178956970)")
     parser.set_defaults(run=run)
 
-
-def _alpha(text):
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1. Received: {text!r}")
-    return value
 
 
 def _check_output(text) -> pathlib.Path:

@@ -17,19 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from keras_xception.cli._args import output_path
-
-
-def _fraction(text):
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1. Received: {text!r}")
-    return value
+from keras_xception.cli._args import fraction, output_path
 
 
 def add_parser(subparsers):
@@ -54,9 +42,9 @@ def add_parser(subparsers):
     parser.add_argument("--features", action="store_true",
                         help="quantize the 2048-d pooled features (for embed) "
                         "instead of the model's classes")
-    parser.add_argument("--min-top1", type=_fraction, default=None, metavar="F",
+    parser.add_argument("--min-top1", type=fraction, default=None, metavar="F",
                         help="lowest top-1 agreement with float32 accepted (default: 0.97)")
-    parser.add_argument("--min-cosine", type=_fraction, default=None, metavar="F",
+    parser.add_argument("--min-cosine", type=fraction, default=None, metavar="F",
                         help="lowest mean cosine to float32 accepted (default: 0.99)")
     parser.add_argument("--insist", action="store_true",
                         help="write the int8 model even below the thresholds")
