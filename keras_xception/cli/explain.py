@@ -103,7 +103,6 @@ def add_parser(subparsers):
     parser.set_defaults(run=run)
 
 
-
 def _check_output(text) -> pathlib.Path:
     from keras_xception.errors import ConfigError
     from keras_xception.fileio import check_parent
