@@ -312,7 +312,8 @@ def open_source(given, *, need_top: bool = False, progress=True) -> Source:
             raise WeightsError(f"No such file: {given!r}. Check the path.") from None
         if not local.exists() and given.endswith(".keras"):
             raise WeightsError(f"Model file not found: {given!r}. Check the path.")
-        if local.is_dir() and (local / "report.json").is_file():
+        if local.is_dir() and any((local / name).exists()
+                                  for name in ("report.json", "model.xml", "model.bin")):
             source = _open_int8(given, local.absolute())
             if need_top and not source.has_top:
                 source.check_top(None)  # Raises, naming the source.
@@ -449,9 +450,13 @@ def _open_int8(given, folder) -> Source:
     report = read_report(folder)
     model = (report or {}).get("model")
     if not isinstance(model, dict):
+        absent = [name for name in ("model.xml", "model.bin", "report.json")
+                  if not (folder / name).is_file()]
         raise WeightsError(
             f"{given} is a folder but not an int8 model from `keras-xception "
-            "quantize` (model.xml, model.bin and its report.json)."
+            "quantize` (model.xml, model.bin and its report.json)"
+            + (f"; it lacks {', '.join(absent)}." if absent else
+               "; its report.json is not one quantize wrote.")
         )
     classes = model.get("classes")
     names = model.get("class_names")

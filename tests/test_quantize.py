@@ -235,3 +235,79 @@ def test_classify_int8_options_are_checked_before_work(run_cli, kitchen_photos, 
     status, stdout, stderr = run_cli("classify", kitchen_photos[0], *options)
     assert (status, stdout) == (1, "")
     assert stderr.startswith(message) and stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("folder, files, message", [
+    ("empty", {}, "error: --calibration holds no image."),
+    ("one", {"a.jpg": "photo"}, "error: int8 needs at least 2 calibration images"),
+    ("text", {"a.jpg": b"not an image"}, "error: Cannot read"),
+])
+def test_quantize_checks_calibration_images_before_loading_the_model(
+        run_cli, tmp_path, kitchen_photos, monkeypatch, folder, files, message):
+    from keras_xception import source
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the calibration images were checked")
+
+    monkeypatch.setattr(source.Source, "load", never)
+    calibration = tmp_path / folder
+    calibration.mkdir()
+    for name, content in files.items():
+        if content == "photo":
+            shutil.copy(kitchen_photos[0], calibration / name)
+        else:
+            (calibration / name).write_bytes(content)
+    model = realweights.package_root() / realweights.MODEL_FILE
+    status, stdout, stderr = run_cli("quantize", model, "--calibration", calibration,
+                                     "--output", tmp_path / "out")
+    assert (status, stdout) == (1, "")
+    assert stderr.startswith(message) and stderr.count("\n") == 1, stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _fake_int8_folder(folder, xml="<net", binary=b"", report=True):
+    folder.mkdir()
+    (folder / "model.xml").write_text(xml)
+    (folder / "model.bin").write_bytes(binary)
+    if report:
+        (folder / "report.json").write_text(json.dumps({"format": quantize.FORMAT, "model": {
+            "outputs": "classes", "units": 6, "input_size": [150, 150],
+            "rescales_itself": False, "score_rule": "the softmax of the model's outputs",
+            "classes": 6, "class_names": None, "imagenet": False}}))
+    return folder
+
+
+def test_a_damaged_int8_folder_is_one_line(run_cli, tmp_path, kitchen_photos):
+    damaged = _fake_int8_folder(tmp_path / "damaged")
+    status, stdout, stderr = run_cli("classify", kitchen_photos[0], "--model", damaged)
+    assert (status, stdout) == (1, "")
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert "OpenVINO cannot read" in stderr and "keras-xception quantize" in stderr
+
+    no_report = _fake_int8_folder(tmp_path / "no_report", report=False)
+    status, stdout, stderr = run_cli("classify", kitchen_photos[0], "--model", no_report)
+    assert (status, stdout) == (1, "")
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert "not an int8 model" in stderr and "lacks report.json" in stderr
+
+
+def test_a_damaged_cache_entry_is_quantized_again(keras_home):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    _, first, folder = quantize.quantize_model(model, images)
+    assert first["cache"] == "written"
+    with open(folder / quantize.IR_BIN, "r+b") as f:
+        f.truncate(16)  # A damaged entry: OpenVINO refuses to read it.
+    before = quantize.quantized_count
+    quantized, again, folder = quantize.quantize_model(model, images)
+    assert quantize.quantized_count == before + 1
+    assert again["cache"] == "written" and quantize.read_report(folder) is not None
+    assert os.path.getsize(folder / quantize.IR_BIN) > 16
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # Nothing left aside.
+    _, hit, _ = quantize.quantize_model(model, images)
+    assert hit["cache"] == "hit"

@@ -22,9 +22,12 @@ from keras_xception.inference.quantize import (
     IR_XML,
     check_thresholds,
     compile_int8,
+    decode_images,
+    prepare,
     quantize_model,
     read_report,
     require_int8,
+    split,
     verdict,
     write_folder,
 )
@@ -53,7 +56,15 @@ class Int8Model:
         self.inputs = [types.SimpleNamespace(shape=(None, height, width, 3),
                                              dtype="float32")]
         self.outputs = [types.SimpleNamespace(shape=(None, model.get("units")))]
-        self._forward = compile_int8(ov.Core().read_model(str(self.folder / IR_XML)))
+        try:
+            self._forward = compile_int8(ov.Core().read_model(str(self.folder / IR_XML)))
+        except RuntimeError as err:  # OpenVINO's: a truncated or edited model.xml or .bin.
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise WeightsError(
+                f"{os.fspath(folder)!r}: OpenVINO cannot read its model.xml and "
+                f"model.bin ({lines[-1] if lines else type(err).__name__}); the "
+                "folder is damaged: write it again with `keras-xception quantize`."
+            ) from None
 
     def predict(self, x, batch_size=None, verbose="auto", **kwargs):
         """Outputs for batch `x` (prepared as `report.json`'s input rule says)."""
@@ -153,19 +164,32 @@ def quantize_source(given, calibration, out, *, features=False, held_out=None,
         ConfigError: If `out` exists or cannot be written, the extra is
             missing, or agreement is below the thresholds (and not `insist`).
     """
+    from keras_xception.checks import require
     from keras_xception.inference.fold import fold_batch_norm
     from keras_xception.source import IMAGENET, open_source
 
     out = check_output(out)
-    require_int8()
+    require("int8", "keras-xception quantize")
     thresholds = check_thresholds(thresholds)
     for what, images in (("--calibration", calibration), ("--held-out", held_out)):
         if images is not None and not os.path.exists(images):
             raise ConfigError(f"{what} {os.fspath(images)!r} does not exist.")
     src = open_source(given, need_top=given == IMAGENET and not features, progress=progress)
+    # The images are decoded before the model is loaded (and TensorFlow
+    # imported): an empty folder, a file that is not an image, or a single
+    # image with nothing to hold out fails in a second.
+    pixels = decode_images(calibration, src.input_size, what="--calibration")
+    held_pixels = None
+    if held_out is not None:
+        held_pixels = decode_images(held_out, src.input_size, what="--held-out")
+    else:
+        split(pixels)  # Raises with fewer than 2 images.
+    require_int8()
     loaded = src.load(embed=features)
     folded = fold_batch_norm(loaded.model)
-    quantized, report, _ = quantize_model(folded, calibration, held_out=held_out)
+    quantized, report, _ = quantize_model(
+        folded, prepare(folded, pixels),
+        held_out=None if held_pixels is None else prepare(folded, held_pixels))
     passed, why = verdict(report, thresholds)
     if not passed and not insist:
         raise ConfigError(

@@ -145,18 +145,39 @@ def images_for(model, given, *, what="calibration") -> np.ndarray:
                 f"prepared as the model takes them. Received: shape={batch.shape}"
             )
     else:
-        from keras_xception import images
-        from keras_xception.preprocessing import preprocess_input
-        from keras_xception.source import rescales_itself
-
-        paths = [given] if isinstance(given, (str, bytes, os.PathLike)) else list(given)
-        files = images.find_images(paths)
-        size = (shape[0] or 299, shape[1] or 299)
-        pixels = np.stack([images.decode(f, size) for f in files]) if files else \
-            np.zeros((0,) + size + (3,), np.float32)
-        batch = pixels if rescales_itself(model) else preprocess_input(pixels)
+        batch = prepare(model, decode_images(given, (shape[0] or 299, shape[1] or 299),
+                                             what=what))
     if len(batch) == 0:
         raise ConfigError(f"{what} holds no image. Received: {what}={_shown(given)}")
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def decode_images(given, size, *, what="calibration") -> np.ndarray:
+    """The images of a folder or list of files, decoded to `size`: pixels in [0, 255].
+
+    Needs no model (nor TensorFlow), so the command line decodes its
+    calibration images before the model is loaded: a folder without images
+    or with a file that is not one fails in a second, not after the load.
+
+    Raises:
+        ConfigError: If `given` holds no image.
+        keras_xception.errors.ImageError: If a file cannot be read.
+    """
+    from keras_xception import images
+
+    paths = [given] if isinstance(given, (str, bytes, os.PathLike)) else list(given)
+    files = images.find_images(paths)
+    if not files:
+        raise ConfigError(f"{what} holds no image. Received: {what}={_shown(given)}")
+    return np.stack([images.decode(f, tuple(size)) for f in files])
+
+
+def prepare(model, pixels) -> np.ndarray:
+    """Decoded `pixels` prepared as `model` takes them (its input rule)."""
+    from keras_xception.preprocessing import preprocess_input
+    from keras_xception.source import rescales_itself
+
+    batch = pixels if rescales_itself(model) else preprocess_input(pixels)
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
@@ -403,6 +424,24 @@ def read_report(folder) -> dict | None:
     return report
 
 
+def _remove_entry(folder) -> None:
+    """Removes the cache entry `folder`: renamed aside first, so no reader sees it half gone."""
+    import shutil
+    import tempfile
+
+    folder = pathlib.Path(folder)
+    try:
+        aside = pathlib.Path(tempfile.mkdtemp(dir=folder.parent,
+                                              prefix=f".{folder.name}.damaged."))
+    except OSError:
+        return  # A read-only cache: the new model is then not cached.
+    try:
+        os.replace(folder, aside / folder.name)
+    except OSError:
+        pass  # Another process removed (or replaced) it first.
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def write_folder(path, ov_model, report, *, overwrite=False) -> pathlib.Path:
     """Writes `ov_model` and `report` as an IR folder at `path`, atomically.
 
@@ -463,9 +502,16 @@ def quantize_model(folded, calibration, *, held_out=None, cache=True):
         if report is not None:
             import openvino as ov
 
-            report["cache"] = "hit"
-            report["path"] = str(folder)
-            return ov.Core().read_model(str(folder / IR_XML)), report, folder
+            try:
+                cached = ov.Core().read_model(str(folder / IR_XML))
+            except RuntimeError:
+                # A damaged entry (a truncated model.bin, an edited model.xml)
+                # is quantized again rather than failing every later call.
+                _remove_entry(folder)
+            else:
+                report["cache"] = "hit"
+                report["path"] = str(folder)
+                return cached, report, folder
     start = time.perf_counter()
     ov_model = ov_runtime.convert(folded)
     quantized = _quantize(ov_model, calibration, float_depthwise(folded, ov_model))
