@@ -311,3 +311,42 @@ def test_a_damaged_cache_entry_is_quantized_again(keras_home):
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # Nothing left aside.
     _, hit, _ = quantize.quantize_model(model, images)
     assert hit["cache"] == "hit"
+
+
+@pytest.mark.parametrize("files, message", [
+    ((), "error: --calibration holds no image."),
+    (("a.jpg",), "error: --precision int8 needs at least 2 images in --calibration"),
+])
+def test_classify_int8_counts_calibration_images_before_loading_the_model(
+        run_cli, tmp_path, kitchen_photos, monkeypatch, files, message):
+    from keras_xception import source
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --calibration was checked")
+
+    monkeypatch.setattr(source.Source, "load", never)
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for name in files:
+        shutil.copy(kitchen_photos[0], calibration / name)
+    model = realweights.package_root() / realweights.MODEL_FILE
+    status, stdout, stderr = run_cli("classify", kitchen_photos[0], "--model", model,
+                                     "--precision", "int8", "--calibration", calibration)
+    assert (status, stdout) == (1, "")
+    assert stderr.startswith(message) and stderr.count("\n") == 1, stderr
+
+
+def test_quantize_refuses_an_int8_model_before_loading_it(run_cli, tmp_path, photo_sets,
+                                                          monkeypatch):
+    from keras_xception import source
+
+    def never(*args, **kwargs):
+        raise AssertionError("the int8 model was loaded")
+
+    monkeypatch.setattr(source.Source, "load", never)
+    folder = _fake_int8_folder(tmp_path / "int8")
+    status, stdout, stderr = run_cli("quantize", folder, "--calibration", photo_sets[0],
+                                     "--output", tmp_path / "again")
+    assert (status, stdout) == (1, "")
+    assert stderr == (f"error: {folder} is an int8 model already; quantize the float model "
+                      "it came from (its report.json names it under model.source).\n")

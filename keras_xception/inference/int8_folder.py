@@ -175,6 +175,11 @@ def quantize_source(given, calibration, out, *, features=False, held_out=None,
         if images is not None and not os.path.exists(images):
             raise ConfigError(f"{what} {os.fspath(images)!r} does not exist.")
     src = open_source(given, need_top=given == IMAGENET and not features, progress=progress)
+    if src.kind == "int8":
+        raise ConfigError(
+            f"{src.given} is an int8 model already; quantize the float model it "
+            "came from (its report.json names it under model.source)."
+        )
     # The images are decoded before the model is loaded (and TensorFlow
     # imported): an empty folder, a file that is not an image, or a single
     # image with nothing to hold out fails in a second.

@@ -608,6 +608,19 @@ def check_options(precision, calibration, *, batch=False) -> None:
     if not os.path.exists(calibration):
         raise ConfigError(f"--calibration {os.fspath(calibration)!r} does not exist.")
     require("int8", "--precision int8")
+    # Counted before the model is loaded: classify has no --held-out, so a
+    # quarter of these is held out and at least 2 are needed.
+    from keras_xception import images
+
+    found = len(images.find_images([calibration]))
+    if found == 0:
+        raise ConfigError(f"--calibration holds no image. Received: --calibration "
+                          f"{os.fspath(calibration)!r}")
+    if found < 2:
+        raise ConfigError(
+            "--precision int8 needs at least 2 images in --calibration (a quarter "
+            f"is held out to check agreement). Received: {found} image in "
+            f"{os.fspath(calibration)!r}")
 
 
 def attach_int8(folded, calibration, *, held_out=None, thresholds=None, insist=False):
