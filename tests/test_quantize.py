@@ -350,3 +350,36 @@ def test_quantize_refuses_an_int8_model_before_loading_it(run_cli, tmp_path, pho
     assert (status, stdout) == (1, "")
     assert stderr == (f"error: {folder} is an int8 model already; quantize the float model "
                       "it came from (its report.json names it under model.source).\n")
+
+
+@pytest.mark.parametrize("appeared", ["folder", "file"])
+def test_quantize_to_an_output_that_appears_meanwhile_is_one_line(
+        run_cli, tmp_path, photo_sets, monkeypatch, appeared):
+    import openvino as ov
+    from openvino import opset13
+
+    from keras_xception.inference import int8_folder
+
+    out = tmp_path / "out"
+
+    def another_process_wins(folded, calibration, held_out=None):
+        if appeared == "folder":  # A second quantize to the same OUT, done first.
+            out.mkdir()
+            (out / "model.xml").write_text("theirs")
+        else:
+            out.write_text("theirs")
+        x = opset13.parameter([1, 2], np.float32)
+        report = {"agreement": {"mean_cosine": 1.0, "min_cosine": 1.0,
+                                "top1_agreement": None, "top5_overlap": None},
+                  "calibration": {"images": 3, "held_out": 1}}
+        return ov.Model([opset13.relu(x)], [x]), report, None
+
+    monkeypatch.setattr(int8_folder, "quantize_model", another_process_wins)
+    model = realweights.package_root() / realweights.MODEL_FILE
+    status, stdout, stderr = run_cli("quantize", model, "--calibration", photo_sets[0],
+                                     "--output", out)
+    assert (status, stdout) == (1, "")
+    assert stderr == (f"error: {out} appeared while the model was quantized; remove it "
+                      "or pick another path. Nothing was written.\n")
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # No temporary left beside it.
+    assert (out / "model.xml" if appeared == "folder" else out).read_text() == "theirs"

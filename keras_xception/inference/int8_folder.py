@@ -11,6 +11,7 @@ size, input and score rules, whether it gives classes or features).
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import types
@@ -219,7 +220,11 @@ def quantize_source(given, calibration, out, *, features=False, held_out=None,
     }
     try:
         write_folder(out, quantized, report)
-    except FileExistsError:
+    except OSError as err:
+        # Another process (a second quantize to the same OUT) put a file
+        # there (EEXIST) or filled the folder (ENOTEMPTY) meanwhile.
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
         raise ConfigError(
             f"{out} appeared while the model was quantized; remove it or pick "
             "another path. Nothing was written."
