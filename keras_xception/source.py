@@ -151,6 +151,12 @@ class Source:
         """
         from keras_xception.checks import MAX_TOP, positive_int
 
+        if not self.has_top and self.kind == INT8:
+            raise ConfigError(
+                f"{self.given} is an int8 model of the features (`keras-xception "
+                "quantize --features`), for embed; for classes, quantize without "
+                "--features."
+            )
         if not self.has_top:
             raise ConfigError(
                 f"{self.given} is an Xception base without a classifier, so it "

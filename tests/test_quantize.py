@@ -383,3 +383,15 @@ def test_quantize_to_an_output_that_appears_meanwhile_is_one_line(
                       "or pick another path. Nothing was written.\n")
     assert sorted(os.listdir(tmp_path)) == ["out"]  # No temporary left beside it.
     assert (out / "model.xml" if appeared == "folder" else out).read_text() == "theirs"
+
+
+def test_classify_on_an_int8_features_folder_says_so(run_cli, tmp_path, kitchen_photos):
+    folder = _fake_int8_folder(tmp_path / "features")
+    report = json.loads((folder / "report.json").read_text())
+    report["model"].update(outputs="features", units=2048, classes=None, score_rule=None)
+    (folder / "report.json").write_text(json.dumps(report))
+    status, stdout, stderr = run_cli("classify", kitchen_photos[0], "--model", folder)
+    assert (status, stdout) == (1, "")
+    assert stderr == (f"error: {folder} is an int8 model of the features (`keras-xception "
+                      "quantize --features`), for embed; for classes, quantize without "
+                      "--features.\n")
