@@ -464,6 +464,13 @@ def _open_int8(given, folder) -> Source:
             + (f"; it lacks {', '.join(absent)}." if absent else
                "; its report.json is not one quantize wrote.")
         )
+    wrong = _wrong_int8_fact(model)
+    if wrong:
+        raise WeightsError(
+            f"{given} is not a usable int8 model: its report.json has no valid "
+            f"model.{wrong} (was it edited?); write it again with `keras-xception "
+            "quantize`."
+        )
     classes = model.get("classes")
     names = model.get("class_names")
     synsets = None
@@ -478,6 +485,29 @@ def _open_int8(given, folder) -> Source:
         class_names=tuple(names) if names else None, synsets=synsets,
         input_size=tuple(model["input_size"]), score_rule=model.get("score_rule"),
     )
+
+
+def _wrong_int8_fact(model) -> str | None:
+    """The first field of an int8 report's `model` that quantize would not have written."""
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    size = model.get("input_size")
+    classes = model.get("classes")
+    names = model.get("class_names")
+    checks = (
+        ("outputs", model.get("outputs") in ("classes", "features")),
+        ("units", count(model.get("units"))),
+        ("input_size", isinstance(size, list) and len(size) == 2 and all(map(count, size))),
+        ("rescales_itself", isinstance(model.get("rescales_itself"), bool)),
+        ("classes", classes is None if model.get("outputs") == "features"
+         else count(classes)),
+        ("class_names", names is None or isinstance(names, list) and len(names) == classes
+         and all(isinstance(n, str) for n in names)),
+        ("score_rule", model.get("score_rule") is None
+         or isinstance(model.get("score_rule"), str)),
+    )
+    return next((name for name, ok in checks if not ok), None)
 
 
 def _load_int8(source: Source, *, embed) -> "Loaded":

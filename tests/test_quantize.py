@@ -395,3 +395,22 @@ def test_classify_on_an_int8_features_folder_says_so(run_cli, tmp_path, kitchen_
     assert stderr == (f"error: {folder} is an int8 model of the features (`keras-xception "
                       "quantize --features`), for embed; for classes, quantize without "
                       "--features.\n")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("input_size", None), ("input_size", "ab"), ("classes", "x"), ("rescales_itself", None),
+    ("outputs", None), ("class_names", 5), ("class_names", ["cup"]), ("units", 0),
+])
+def test_an_edited_int8_report_is_one_line(run_cli, tmp_path, kitchen_photos, field, value):
+    folder = _fake_int8_folder(tmp_path / "edited")
+    report = json.loads((folder / "report.json").read_text())
+    if value is None:
+        del report["model"][field]
+    else:
+        report["model"][field] = value
+    (folder / "report.json").write_text(json.dumps(report))
+    status, stdout, stderr = run_cli("classify", kitchen_photos[0], "--model", folder)
+    assert (status, stdout) == (1, "")
+    assert stderr == (f"error: {folder} is not a usable int8 model: its report.json has no "
+                      f"valid model.{field} (was it edited?); write it again with "
+                      "`keras-xception quantize`.\n")
