@@ -160,7 +160,8 @@ def export_source(given, out, fmt, *, optimize=True, progress=True):
         The path written.
 
     Raises:
-        keras_xception.errors.ConfigError: If `out` cannot be written.
+        keras_xception.errors.ConfigError: If `out` cannot be written, or
+            `given` is an int8 folder (from `keras-xception quantize`).
         keras_xception.errors.WeightsError: If the source cannot be read.
     """
     from keras_xception.source import open_source
@@ -168,10 +169,17 @@ def export_source(given, out, fmt, *, optimize=True, progress=True):
     from keras_xception.fileio import remove_dead_temporaries
     from keras_xception.source import IMAGENET
 
+    from keras_xception.errors import ConfigError
+
     out = check_output(out, fmt)
     # 'imagenet' means the whole model, with its classifier.
-    model = open_source(given, need_top=given == IMAGENET,
-                        progress=progress).load().model
+    src = open_source(given, need_top=given == IMAGENET, progress=progress)
+    if src.kind == "int8":
+        raise ConfigError(
+            f"{src.given} is an int8 model, an OpenVINO IR folder already (model.xml, "
+            "model.bin); export the float32 model it was quantized from."
+        )
+    model = src.load().model
     remove_dead_temporaries(out)
     if optimize:
         from keras_xception.inference import optimize_for_inference

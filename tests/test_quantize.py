@@ -414,3 +414,22 @@ def test_an_edited_int8_report_is_one_line(run_cli, tmp_path, kitchen_photos, fi
     assert stderr == (f"error: {folder} is not a usable int8 model: its report.json has no "
                       f"valid model.{field} (was it edited?); write it again with "
                       "`keras-xception quantize`.\n")
+
+
+@pytest.mark.parametrize("fmt, out", [("onnx", "ex.onnx"), ("saved_model", "ex"),
+                                      ("openvino", "ex")])
+def test_export_refuses_an_int8_model_before_loading_it(run_cli, tmp_path, monkeypatch,
+                                                        fmt, out):
+    from keras_xception import source
+
+    def never(*args, **kwargs):
+        raise AssertionError("the int8 model was loaded")
+
+    monkeypatch.setattr(source.Source, "load", never)
+    folder = _fake_int8_folder(tmp_path / "int8")
+    status, stdout, stderr = run_cli("export", folder, tmp_path / out, "--format", fmt)
+    assert (status, stdout) == (1, "")
+    assert stderr == (f"error: {folder} is an int8 model, an OpenVINO IR folder already "
+                      "(model.xml, model.bin); export the float32 model it was quantized "
+                      "from.\n")
+    assert not (tmp_path / out).exists()
