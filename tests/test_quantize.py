@@ -433,3 +433,24 @@ def test_export_refuses_an_int8_model_before_loading_it(run_cli, tmp_path, monke
                       "(model.xml, model.bin); export the float32 model it was quantized "
                       "from.\n")
     assert not (tmp_path / out).exists()
+
+
+@pytest.mark.parametrize("precision, calibration", [("float32", False), ("bfloat16", False),
+                                                    ("int8", True)])
+def test_classify_refuses_a_precision_for_an_int8_model_before_loading_it(
+        run_cli, tmp_path, kitchen_photos, photo_sets, monkeypatch, precision, calibration):
+    from keras_xception import source
+
+    def never(*args, **kwargs):
+        raise AssertionError("the int8 model was loaded before --precision was checked")
+
+    monkeypatch.setattr(source.Source, "load", never)
+    folder = _fake_int8_folder(tmp_path / "int8")
+    options = ("--calibration", photo_sets[0]) if calibration else ()
+    status, stdout, stderr = run_cli("classify", kitchen_photos[0], "--model", folder,
+                                     "--precision", precision, *options)
+    assert (status, stdout) == (1, "")
+    assert stderr == (f"error: {folder} is an int8 model already; it runs as it is "
+                      f"(precision 'auto' or 'int8', no calibration). Received: "
+                      f"precision={precision!r}" + (", calibration=...\n" if calibration
+                                                    else "\n"))

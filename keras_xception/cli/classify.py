@@ -141,6 +141,10 @@ def run(args) -> int:
     ready = start(args, "classify", pipelines.find_files)
     if ready is None:
         return 1
+    if ready.source.kind == "int8":  # Before the model is loaded.
+        from keras_xception.inference.int8_folder import check_precision
+
+        check_precision(ready.source.given, args.precision or "auto", args.calibration)
 
     rule = None
 

@@ -111,14 +111,24 @@ def load_folder(folder) -> tuple[Int8Model, dict]:
 
 def already_int8(model, precision, calibration):
     """An `Int8Model` given to `optimize_for_inference`: returned as it is."""
+    check_precision(model.folder, precision, calibration)
+    return model
+
+
+def check_precision(folder, precision, calibration) -> None:
+    """Checks the precision asked of the int8 model in `folder`, before any work.
+
+    Raises:
+        ConfigError: For a precision other than `"auto"` or `"int8"`, or
+            calibration images: an int8 model runs as it is.
+    """
     if precision not in ("auto", "int8") or calibration is not None:
         raise ConfigError(
-            f"{model.folder} is an int8 model already; it runs as it is "
+            f"{os.fspath(folder)} is an int8 model already; it runs as it is "
             "(precision 'auto' or 'int8', no calibration). Received: "
             f"precision={precision!r}"
             + (", calibration=..." if calibration is not None else "")
         )
-    return model
 
 
 def check_output(out) -> pathlib.Path:
