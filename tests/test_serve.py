@@ -669,6 +669,24 @@ def test_sigterm_drains_a_request_in_flight_and_exits_0(kitchen_file, reference)
     assert "Traceback" not in err
 
 
+def test_sigterm_exits_even_when_the_stopping_line_cannot_be_written():
+    """`serve` whose stderr pipe nobody reads any more: the `stopping: ...` print
+    raises BrokenPipeError, which must not keep the server from exiting."""
+    import uvicorn
+
+    from keras_xception.serve import local
+
+    def stopping():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    server = local._server_class()(uvicorn.Config(None))
+    server.on_stop = stopping
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit and not server.force_exit
+    server.handle_exit(signal.SIGINT, None)  # A second Ctrl-C: at once.
+    assert server.force_exit
+
+
 # --- the command's checks, before any work ------------------------------------------------
 
 

@@ -123,9 +123,12 @@ def _server_class():
                     signal.signal(sig, handler)
 
         def handle_exit(self, sig, frame):
-            if not self.should_exit and self.on_stop is not None:
-                self.on_stop()
-            super().handle_exit(sig, frame)
+            first = not self.should_exit
+            super().handle_exit(sig, frame)  # First: nothing below may stop the exit.
+            if first and self.on_stop is not None:
+                # A diagnostic only: stderr may be a pipe nobody reads any more.
+                with contextlib.suppress(Exception):
+                    self.on_stop()
 
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)

@@ -228,7 +228,9 @@ def run(source, settings, *, host="127.0.0.1", port=8501, precision="auto",
                 if stop is not None and stop.is_set():
                     break
             if on_stop is not None:
-                on_stop()
+                # A diagnostic only: stderr may be a pipe nobody reads any more.
+                with contextlib.suppress(Exception):
+                    on_stop()
         finally:
             if embedded:
                 serve.shutdown()
