@@ -174,6 +174,19 @@ class Source:
             )
         return int(top)
 
+    def check_embed(self) -> None:
+        """Checks that the model gives embeddings (`load(embed=True)`), before loading it.
+
+        Raises:
+            ConfigError: If it is an int8 classifier: an int8 model gives
+                only the outputs it was quantized for.
+        """
+        if self.kind == INT8 and self.has_top:
+            raise ConfigError(
+                f"{self.given} is an int8 classifier; embeddings need an int8 "
+                "model of the features: keras-xception quantize ... --features."
+            )
+
     def load(self, *, embed: bool = False, pooling: str | None = None) -> "Loaded":
         """Builds (weights) or loads (`.keras`) the model; imports Keras.
 
@@ -513,13 +526,10 @@ def _wrong_int8_fact(model) -> str | None:
 def _load_int8(source: Source, *, embed) -> "Loaded":
     from keras_xception.inference.int8_folder import load_folder
 
+    if embed:
+        source.check_embed()
     model, report = load_folder(source.path)
     facts = report["model"]
-    if embed and facts["outputs"] != "features":
-        raise ConfigError(
-            f"{source.given} is an int8 classifier; embeddings need an int8 "
-            "model of the features: keras-xception quantize ... --features."
-        )
     return Loaded(source, model, facts["rescales_itself"], source.score_rule,
                   source.classes)
 

@@ -454,3 +454,31 @@ def test_classify_refuses_a_precision_for_an_int8_model_before_loading_it(
                       f"(precision 'auto' or 'int8', no calibration). Received: "
                       f"precision={precision!r}" + (", calibration=...\n" if calibration
                                                     else "\n"))
+
+
+@pytest.mark.parametrize("command, outputs, message", [
+    ("embed", "classes", "is an int8 classifier; embeddings need an int8 model of the "
+     "features: keras-xception quantize ... --features."),
+    ("classify", "features", "is an int8 model of the features (`keras-xception quantize "
+     "--features`), for embed; for classes, quantize without --features."),
+])
+def test_a_batch_job_on_an_unfit_int8_model_writes_nothing(
+        run_cli, tmp_path, kitchen_photos, monkeypatch, command, outputs, message):
+    from keras_xception import source
+
+    def never(*args, **kwargs):
+        raise AssertionError("the int8 model was loaded before its fitness was checked")
+
+    monkeypatch.setattr(source.Source, "load", never)
+    folder = _fake_int8_folder(tmp_path / "int8")
+    if outputs == "features":
+        report = json.loads((folder / "report.json").read_text())
+        report["model"].update(outputs="features", units=2048, classes=None,
+                               score_rule=None)
+        (folder / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "out"
+    status, stdout, stderr = run_cli(command, kitchen_photos[0], "--model", folder,
+                                     "--output", out, "--engine", "local")
+    assert (status, stdout) == (1, "")
+    assert stderr == f"error: {folder} {message}\n"
+    assert not out.exists()  # Not even the job's lock or record.

@@ -113,6 +113,8 @@ def _model_spec(kind, weights, model_path, precision, top, stream) -> ModelSpec:
     source = open_source(given, need_top=kind == CLASSIFY, progress=stream)
     if kind == CLASSIFY:
         top = source.check_top(top)
+    else:
+        source.check_embed()
     return ModelSpec(kind, source, precision=precision, top=top)
 
 
