@@ -468,8 +468,10 @@ def test_every_bad_tfserving_input_is_a_one_line_400(server, reference):
     photo = reference["pillow"][0].tolist()
     nan = reference["pillow"][0].copy()
     nan[3, 4, 1] = np.nan
+    deep = 100_000
     cases = [
         (b"{not json", ["not JSON"]),
+        (b'{"instances": ' + b"[" * deep + b"]" * deep + b"}", ["nested too deeply"]),
         (json.dumps({"instances": [], "inputs": []}), ["exactly one of"]),
         (json.dumps({"instances": []}), ["no images"]),
         (json.dumps({"instances": [{"b64": b64(reference["files"][0])},
@@ -518,6 +520,9 @@ def test_every_bad_oip_input_is_a_one_line_400(server, reference):
     for payload, words in cases:
         status, _, answer = server.post_json("/v2/models/xception/infer", payload)
         assert_error(status, answer, 400, *words)
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, _, body = server.call("POST", "/v2/models/xception/infer", deep)
+    assert_error(status, body, 400, "nested too deeply")
     # Binary: a non-finite pixel, a wrong header length, bytes no input claims.
     nan = pixels.copy()
     nan[0, 1, 2, 0] = np.inf

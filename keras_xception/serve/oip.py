@@ -105,6 +105,8 @@ def parse_infer(body: bytes, header_length, service) -> Infer:
         hint = "" if header_length is not None else (
             f"; a body with binary tensor data needs the {HEADER_LENGTH} header")
         raise RequestError(f"the request is not JSON: {err}{hint}") from None
+    except RecursionError:
+        raise RequestError("the request's JSON is nested too deeply") from None
     if not isinstance(request, dict):
         raise RequestError('the request must be a JSON object with "inputs"')
     inputs = request.get("inputs")

@@ -47,6 +47,8 @@ def parse_predict(body: bytes) -> tuple[list, bool]:
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise RequestError(f"the body is not JSON: {err}") from None
+    except RecursionError:
+        raise RequestError("the body's JSON is nested too deeply") from None
     if not isinstance(request, dict):
         raise RequestError('the body must be a JSON object: {"instances": [...]} or '
                            '{"inputs": [...]}')
