@@ -482,3 +482,16 @@ def test_a_batch_job_on_an_unfit_int8_model_writes_nothing(
     assert (status, stdout) == (1, "")
     assert stderr == f"error: {folder} {message}\n"
     assert not out.exists()  # Not even the job's lock or record.
+
+
+def test_calibration_decodes_at_most_max_images_evenly_spaced(photo_sets, monkeypatch):
+    from keras_xception import images
+
+    monkeypatch.setattr(quantize, "MAX_IMAGES", 3)
+    files = images.find_images([photo_sets[0]])
+    assert len(files) == 6
+    decoded = []
+    decode = images.decode
+    monkeypatch.setattr(images, "decode", lambda f, size: decoded.append(f) or decode(f, size))
+    pixels = quantize.decode_images(photo_sets[0], (32, 32))
+    assert decoded == files[0::2] and pixels.shape == (3, 32, 32, 3)
