@@ -252,8 +252,9 @@ def _workspace(folder: pathlib.Path) -> pathlib.Path:
         shutil.copy(photo, folder / "DATA_DIR" / label / photo.name)
     shutil.copy(realweights.package_root() / realweights.MODEL_FILE,
                 folder / "kitchenware.keras")
-    # The check scripts read the checkout (docs/development.md's first block).
+    # The check scripts and the tests are the checkout's (docs/development.md).
     (folder / "scripts").symlink_to(ROOT / "scripts")
+    (folder / "tests").symlink_to(ROOT / "tests")
     return folder
 
 
