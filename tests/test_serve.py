@@ -16,6 +16,7 @@ import concurrent.futures
 import http.client
 import io
 import json
+import logging
 import os
 import pathlib
 import re
@@ -581,6 +582,51 @@ def test_an_unexpected_error_is_a_generic_500(server, reference, monkeypatch):
                                   reference["files"][0])
     message = assert_error(status, body, 500, "internal server error")
     assert "secret" not in message
+
+
+class LogRecords(logging.Handler):
+    """The records of the server's loggers while in a `with` block."""
+
+    NAMES = ("keras_xception.serve", "uvicorn.error")
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def __enter__(self):
+        for name in self.NAMES:
+            logging.getLogger(name).addHandler(self)
+        return self.records
+
+    def __exit__(self, *exc):
+        for name in self.NAMES:
+            logging.getLogger(name).removeHandler(self)
+
+
+def _send_part_of_a_body(port, path="/v1/models/xception:predict"):
+    """A socket that sent a request's headers and 10 of the 1000 bytes it declares."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                 "Content-Length: 1000\r\n\r\n".encode() + b"[" * 10)
+    return sock
+
+
+def test_a_client_gone_mid_body_is_counted_499_without_a_traceback(server):
+    metric = 'keras_xception_requests_total{route="predict",status="499"}'
+    with LogRecords() as records:
+        _send_part_of_a_body(server.port).close()
+        deadline = time.monotonic() + 30
+        while metric not in server.call("GET", "/metrics")[2].decode():
+            assert time.monotonic() < deadline, "the disconnect was never counted"
+            time.sleep(0.02)
+    logged = [r for r in records if "/v1/models/xception:predict" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is None, logged
+    assert logged[0].levelno < logging.WARNING
 
 
 # --- security -------------------------------------------------------------------------------

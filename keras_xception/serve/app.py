@@ -85,6 +85,10 @@ SECURITY_HEADERS = (
 
 INTERNAL_ERROR = "internal server error; the server's log has the details"
 
+# The status /metrics counts for a client that left before sending its whole
+# body (nginx's "client closed request"); nothing is sent.
+CLIENT_CLOSED = 499
+
 _V1 = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                  r"(?:(?P<metadata>/metadata)|:(?P<verb>[^/:]+))?")
 _V2 = re.compile(r"(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -212,6 +216,13 @@ class _Guard:
                     return
             await self.app(scope, self._limited(receive), send_guarded)
         except Exception as err:  # A bug: the traceback goes to the log only.
+            from starlette.requests import ClientDisconnect
+
+            if isinstance(err, ClientDisconnect):  # Gone mid-body: nobody to answer.
+                status[0] = CLIENT_CLOSED
+                log.info("%s %s: the client closed the connection before sending the "
+                         "whole body", scope.get("method"), scope.get("path"))
+                return
             log.error("unexpected error answering %s %s", scope.get("method"),
                       scope.get("path"), exc_info=err)
             if not response_started[0]:
