@@ -629,6 +629,33 @@ def test_a_client_gone_mid_body_is_counted_499_without_a_traceback(server):
     assert logged[0].levelno < logging.WARNING
 
 
+def _bare_app(**settings):
+    """The app over a stand-in model that is never called: for what happens to a
+    request before any model work (reading its body, shutting down)."""
+    import types
+
+    from keras_xception.serve.app import build_app
+    from keras_xception.serve.service import Settings
+
+    return build_app(types.SimpleNamespace(predict=lambda pixels: pixels),
+                     Settings(max_batch_size=1, api_key=KEY, **settings))
+
+
+def _read_response(sock):
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+def test_a_body_that_stops_arriving_is_408_and_the_connection_closed():
+    with servers.serving(_bare_app(body_timeout_s=0.5)) as (url, _):
+        with _send_part_of_a_body(int(url.rsplit(":", 1)[1])) as sock:
+            status, headers, body = _read_response(sock)
+            assert_error(status, body, 408, "--body-timeout")
+            assert headers["connection"] == "close"
+            assert sock.recv(1) == b""  # Closed: the slot is free.
+
+
 # --- security -------------------------------------------------------------------------------
 
 

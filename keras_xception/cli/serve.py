@@ -53,7 +53,7 @@ def _seconds(text):
     return value
 
 
-def _megabytes(text):
+def _positive_number(text):
     value = _seconds(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text!r}")
@@ -101,9 +101,13 @@ def add_parser(subparsers):
     parser.add_argument("--max-queue", type=positive_int, default=64, metavar="N",
                         help="images waiting for the model, at most; more get 503 "
                         "with Retry-After (default: 64; also the most per request)")
-    parser.add_argument("--max-body-mb", type=_megabytes, default=20.0, metavar="MB",
+    parser.add_argument("--max-body-mb", type=_positive_number, default=20.0, metavar="MB",
                         help="the largest request body, in MiB (default: 20); larger "
                         "gets 413")
+    parser.add_argument("--body-timeout", type=_positive_number, default=30.0,
+                        metavar="S",
+                        help="how long to wait for the next part of a request body "
+                        "still arriving (default: 30); then 408")
     parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                         help="refuse images larger than N pixels (default: "
                         "$KERAS_XCEPTION_MAX_PIXELS, else 178956970)")
@@ -168,7 +172,8 @@ def run(args) -> int:
     key = _api_key(args.api_key_file)
     settings = Settings(name=args.name, max_batch_size=args.max_batch_size,
                         batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
-                        max_body_mb=args.max_body_mb, api_key=key)
+                        max_body_mb=args.max_body_mb, api_key=key,
+                        body_timeout_s=args.body_timeout)
     max_pixels = max_pixels_limit(args.max_pixels)
     engine = _engine(args)
     options = {}

@@ -164,12 +164,17 @@ class _BodyTooLarge(RequestError):
     pass
 
 
+class _BodyTimeout(RequestError):
+    pass
+
+
 class _Guard:
     """The ASGI middleware every HTTP request goes through; see the module doc."""
 
     def __init__(self, app, settings, metrics):
         self.app = app
         self.limit = settings.max_body_bytes
+        self.body_timeout = settings.body_timeout_s
         self.key = settings.api_key.encode() if settings.api_key else None
         self.metrics = metrics
 
@@ -250,11 +255,24 @@ class _Guard:
         return (f"the request body{got} is over the server's limit of {mib:g} MiB "
                 f"({self.limit:,} bytes; --max-body-mb)")
 
+    async def _receive_body(self, receive):
+        """The next message of a body still arriving, or `_BodyTimeout` (408)."""
+        try:
+            return await asyncio.wait_for(receive(), self.body_timeout)
+        except asyncio.TimeoutError:
+            raise _BodyTimeout(
+                f"the request body stopped arriving: nothing came for "
+                f"{self.body_timeout:g} s (--body-timeout)", 408,
+                {"Connection": "close"}) from None
+
     async def _drain(self, receive) -> None:
         """Reads and drops the rest of the body, up to `DRAIN_CAP` bytes."""
         dropped = 0
         while dropped <= DRAIN_CAP:
-            message = await receive()
+            try:
+                message = await self._receive_body(receive)
+            except _BodyTimeout:
+                return
             if message["type"] != "http.request":
                 return
             dropped += len(message.get("body", b""))
@@ -264,11 +282,15 @@ class _Guard:
     def _limited(self, receive):
         received = 0
         limit = self.limit
+        whole = False  # Then receive() only waits for the client to disconnect.
 
         async def limited():
-            nonlocal received
-            message = await receive()
+            nonlocal received, whole
+            if whole:
+                return await receive()
+            message = await self._receive_body(receive)
             if message["type"] == "http.request":
+                whole = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     if message.get("more_body", False):

@@ -69,6 +69,8 @@ class Settings:
         api_key: The key every route but health and the page requires
             (`Authorization: Bearer KEY`), or `None` for none.
         retry_after_s: The `Retry-After` a 503 carries, in seconds.
+        body_timeout_s: How long the server waits for the next part of a
+            request body that is still arriving; then 408.
     """
 
     name: str = "xception"
@@ -78,6 +80,7 @@ class Settings:
     max_body_mb: float = 20.0
     api_key: str | None = dataclasses.field(default=None, repr=False)
     retry_after_s: int = 1
+    body_timeout_s: float = 30.0
 
     def __post_init__(self):
         positive_int(self.max_batch_size, "max_batch_size", maximum=MAX_BATCH_SIZE)
@@ -89,12 +92,14 @@ class Settings:
                 f"'?', '#', '%' or spaces. Received: name={self.name!r}"
             )
         for field, value in (("batch_wait_ms", self.batch_wait_ms),
-                             ("max_body_mb", self.max_body_mb)):
+                             ("max_body_mb", self.max_body_mb),
+                             ("body_timeout_s", self.body_timeout_s)):
+            positive = field != "batch_wait_ms"
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not np.isfinite(value) or value < 0 \
-                    or (field == "max_body_mb" and value == 0):
+                    or (positive and value == 0):
                 raise ConfigError(
-                    f"`{field}` must be a {'positive' if field == 'max_body_mb' else 'non-negative'} "
+                    f"`{field}` must be a {'positive' if positive else 'non-negative'} "
                     f"number. Received: {field}={value!r}"
                 )
 
