@@ -15,14 +15,14 @@ import threading
 
 
 @contextlib.contextmanager
-def serving(app, *, timeout=60):
+def serving(app, *, timeout=60, grace=5):
     import uvicorn
 
     from keras_xception.serve import local
 
     sock = local.bind("127.0.0.1", 0)
     config = uvicorn.Config(app, log_config=local.LOG_CONFIG, lifespan="on",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=grace)
     server = local._server_class()(config)
     ready = threading.Event()
     state = {}

@@ -656,6 +656,26 @@ def test_a_body_that_stops_arriving_is_408_and_the_connection_closed():
             assert sock.recv(1) == b""  # Closed: the slot is free.
 
 
+def test_a_body_still_arriving_past_the_grace_period_is_one_line():
+    logs = LogRecords()  # Added once the server has set its logging up.
+    try:
+        with servers.serving(_bare_app(), grace=0.2) as (url, _):
+            records = logs.__enter__()
+            port = int(url.rsplit(":", 1)[1])
+            sock = _send_part_of_a_body(port)
+            # Answered after the request above reached the app, sent before it.
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/v2/health/live")
+            assert conn.getresponse().status == 200
+            conn.close()
+    finally:
+        logs.__exit__()
+    with sock:  # Left at shutdown: cancelled after the grace period, then answered.
+        assert_error(*_read_response(sock)[::2], 503, "stopped")
+    assert [r for r in records if r.exc_info] == []
+    assert any("timeout graceful shutdown exceeded" in r.getMessage() for r in records)
+
+
 # --- security -------------------------------------------------------------------------------
 
 

@@ -220,6 +220,11 @@ class _Guard:
                     await answer(413, self._too_large(length))
                     return
             await self.app(scope, self._limited(receive), send_guarded)
+        except asyncio.CancelledError:
+            # The server stopping, past its grace period (uvicorn logs that in
+            # one line): an answer, not a traceback from uvicorn.
+            if not response_started[0]:
+                await answer(503, "the server stopped before this request finished")
         except Exception as err:  # A bug: the traceback goes to the log only.
             from starlette.requests import ClientDisconnect
 
