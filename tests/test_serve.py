@@ -573,6 +573,18 @@ def test_routes_methods_and_content_types(server, reference):
             assert "allow" in {k.lower() for k in headers}
 
 
+def test_head_is_answered_like_get_without_the_body(server):
+    for path, auth in (("/", False), ("/v2/health/ready", False), ("/v2", True),
+                       ("/v1/models/xception", True), ("/v2/models/xception", True),
+                       ("/metrics", True)):
+        status, headers, body = server.call("HEAD", path, auth=auth)
+        assert (status, body) == (200, b""), (path, status)
+        assert headers["content-type"] == server.call("GET", path)[1]["content-type"]
+    status, _, body = server.call("POST", "/metrics")
+    assert_error(status, body, 405, "use GET")
+    assert "HEAD" not in json.loads(body)["error"]
+
+
 def test_an_unexpected_error_is_a_generic_500(server, reference, monkeypatch):
     def broken(*args):
         raise RuntimeError(f"secret detail in {ROOT}/keras_xception/serve/app.py")

@@ -400,8 +400,9 @@ def build_app(service, settings, *, batcher=None):
         if err.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see docs/serve.md"
         elif err.status_code == 405:
+            allowed = (err.headers or {}).get("Allow", "another method").split(", ")
             message = (f"{request.method} is not allowed on {request.url.path}; "
-                       f"use {(err.headers or {}).get('Allow', 'another method')}")
+                       f"use {', '.join(m for m in allowed if m != 'HEAD')}")
         else:
             message = str(err.detail)
         return error(err.status_code, message, err.headers)
@@ -458,13 +459,16 @@ def build_app(service, settings, *, batcher=None):
                                f"use {', '.join(m for m in methods if m != 'HEAD')}", 405,
                                {"Allow": ", ".join(methods)})
 
+    # GET routes answer HEAD too, without the body (probes, curl -I).
+    get = functools.partial(app.api_route, methods=["GET", "HEAD"])
+
     # --- the page and metrics ------------------------------------------------------
 
     # The page learns the model's name from its <body data-model="...">.
     index_html = render_page(name)
 
-    @app.get("/")
-    @app.get("/page/index.html")
+    @get("/")
+    @get("/page/index.html")
     async def page():
         return Response(index_html, media_type="text/html; charset=utf-8")
 
@@ -472,22 +476,22 @@ def build_app(service, settings, *, batcher=None):
 
     app.mount("/page", StaticFiles(directory=PAGE_DIR, check_dir=False), name="page")
 
-    @app.get("/metrics")
+    @get("/metrics")
     async def prometheus():
         body, media = metrics.render()
         return Response(body, media_type=media)
 
     # --- Open Inference Protocol --------------------------------------------------
 
-    @app.get("/v2")
+    @get("/v2")
     async def v2_metadata():
         return oip.server_metadata()
 
-    @app.get("/v2/health/live")
+    @get("/v2/health/live")
     async def live():
         return {"live": True}
 
-    @app.get("/v2/health/ready")
+    @get("/v2/health/ready")
     async def ready():
         if not state["ready"]:
             return error(503, "not ready")
