@@ -161,7 +161,7 @@ def png_name(job: Job, rank: int, top: int) -> pathlib.PurePath:
     return job.name.with_name(job.name.name + suffix)
 
 
-def resolve_class(text, src, count=None) -> int:
+def resolve_class(text, src, count=None, *, option="--class") -> int:
     """The class index that `text` (an index, a name or a synset) names.
 
     Args:
@@ -169,18 +169,21 @@ def resolve_class(text, src, count=None) -> int:
         src: The `Source`, for its class names and count.
         count: The class count, when the source could not tell it
             (`Loaded.classes`).
+        option: How the user gave it, for messages: an option (`"--class"`)
+            or a query parameter (`"class"`: "Received: class='99'").
 
     Raises:
         ConfigError: If it names no class of `src`, or more than one.
     """
     count = src.classes if count is None else count
     text = str(text).strip()
+    given = f"{option} {text!r}" if option.startswith("-") else f"{option}={text!r}"
     if text.lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < count:
             raise ConfigError(
-                f"--class must be a class index from 0 to {count - 1}, or a class "
-                f"name. Received: --class {text!r}"
+                f"{option} must be a class index from 0 to {count - 1}, or a class "
+                f"name. Received: {given}"
             )
         return index
     for table in (src.synsets, src.class_names):
@@ -193,17 +196,17 @@ def resolve_class(text, src, count=None) -> int:
                 return matches[0]
             if len(matches) > 1:
                 raise ConfigError(
-                    f"--class {text!r} names {len(matches)} classes "
+                    f"{given} names {len(matches)} classes "
                     f"({', '.join(map(str, matches))}); give the index instead"
                     + (", or the synset" if src.synsets else "")
                 )
     if not src.class_names:
         raise ConfigError(
-            f"The model has no class names saved; give --class as an index "
-            f"from 0 to {count - 1}. Received: --class {text!r}"
+            f"The model has no class names saved; give {option} as an index "
+            f"from 0 to {count - 1}. Received: {given}"
         )
     raise ConfigError(
-        f"--class {text!r} is not a class of this model; give an index from 0 "
+        f"{given} is not a class of this model; give an index from 0 "
         f"to {count - 1} or one of its class names (e.g. {src.class_names[0]!r})"
     )
 

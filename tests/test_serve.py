@@ -558,8 +558,11 @@ def test_routes_methods_and_content_types(server, reference):
         (("POST", "/v1/models/xception:classify", b"just text"), 400,
          ["the image", "not an image file"]),
         (("POST", "/v1/models/xception:classify", b""), 400, ["empty"]),
-        (("POST", "/v1/models/xception:classify?top=7", photo), 400, ["top", "1 to 6"]),
-        (("POST", "/v1/models/xception:classify?top=many", photo), 400, ["'many'"]),
+        *((("POST", f"/v1/models/xception:classify?top={top}", photo), 400,
+           ["top must be an integer from 1 to 6", f"Received: top='{top}'"])
+          for top in ("7", "0", "-1", "many")),
+        (("POST", "/v1/models/xception:explain?class=99", photo), 400,
+         ["class must be a class index from 0 to 5", "Received: class='99'"]),
         (("POST", "/v1/models/xception:explain?class=teapot", photo), 400,
          ["'teapot'", "not a class"]),
         (("POST", "/v1/models/xception:explain?alpha=2", photo), 400, ["alpha"]),
@@ -568,7 +571,8 @@ def test_routes_methods_and_content_types(server, reference):
     ]
     for args, want, words in checks:
         status, headers, body = server.call(*args)
-        assert_error(status, body, want, *words)
+        message = assert_error(status, body, want, *words)
+        assert "--" not in message and "`" not in message, message  # Not the CLI's words.
         if want == 405:
             assert "allow" in {k.lower() for k in headers}
 

@@ -232,9 +232,30 @@ class Service:
 
     # --- classes and Grad-CAM ------------------------------------------------------
 
-    def check_top(self, top) -> int:
-        """`top` (`None` for 5) checked against the model's classes."""
-        return self.source.check_top(top, option="top")
+    def check_top(self, top=None) -> int:
+        """The query parameter `top` (its text or an int; `None` for 5) checked
+        against the model's classes.
+
+        Raises:
+            ConfigError: If the model has no classes.
+            RequestError: If `top` is not an integer from 1 to the classes
+                (naming it as the query parameter: "Received: top='0'").
+        """
+        from keras_xception.checks import MAX_TOP
+
+        default = self.source.check_top(None)  # A model without classes: one line.
+        if top is None:
+            return default
+        limit = min(self.source.classes or MAX_TOP, MAX_TOP)
+        try:
+            value = int(str(top).strip())
+        except ValueError:
+            value = 0
+        if not 1 <= value <= limit:
+            what = "the model's classes" if self.source.classes == limit else "the most shown"
+            raise RequestError(f"top must be an integer from 1 to {limit}, {what}. "
+                               f"Received: top={str(top)!r}")
+        return value
 
     def top(self, probabilities, top) -> list[dict]:
         """The `top` classes of one row, best first, as `:classify` answers them."""
@@ -272,7 +293,8 @@ class Service:
         self.source.check_top(None)  # A model without classes: one line.
         index = None
         if class_text is not None:
-            index = resolve_class(class_text, self.source, self.loaded.classes)
+            index = resolve_class(class_text, self.source, self.loaded.classes,
+                                  option="class")
         pixels = self.decode(data, label)
         photo = decode_bytes(data, None, max_pixels=self.max_pixels, dtype="uint8",
                              name=label)
