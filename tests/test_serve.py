@@ -589,6 +589,23 @@ def test_head_is_answered_like_get_without_the_body(server):
     assert "HEAD" not in json.loads(body)["error"]
 
 
+def test_explain_on_an_int8_model_is_one_line_naming_the_float32_model(
+        server, reference, monkeypatch):
+    import dataclasses
+
+    from keras_xception.source import INT8
+
+    # The float32 model stands in for the int8 one: only the source's kind is read.
+    monkeypatch.setattr(server.service, "source",
+                        dataclasses.replace(server.service.source, kind=INT8))
+    status, _, body = server.call("POST", "/v1/models/xception:explain",
+                                  reference["files"][0])
+    assert_error(status, body, 501, "this model is int8", "serve the float32 model")
+    status, _, body = server.call("POST", "/v1/models/xception:classify",
+                                  reference["files"][0])
+    assert status == 200, body
+
+
 def test_an_unexpected_error_is_a_generic_500(server, reference, monkeypatch):
     def broken(*args):
         raise RuntimeError(f"secret detail in {ROOT}/keras_xception/serve/app.py")

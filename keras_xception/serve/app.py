@@ -566,7 +566,7 @@ def build_app(service, settings, *, batcher=None):
         # explain
         class_text = request.query_params.get("class")
         alpha = _alpha_query(request)
-        service.check_top(None)  # A model without classes: 400 before reading.
+        service.check_explain()  # No classes, or int8: before reading the body.
         data = await image_body(request)
         with batcher.reserve(1):
             png, index, score = await batcher.run_exclusive(

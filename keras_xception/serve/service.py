@@ -264,6 +264,20 @@ class Service:
         return [{"class_index": p.class_index, "class_name": p.name, "score": p.score}
                 for p in top_predictions(self.source, probabilities[None], top)[0]]
 
+    def check_explain(self) -> None:
+        """Whether Grad-CAM can explain this model, before any image is read.
+
+        Raises:
+            ConfigError: If the model has no classes.
+            RequestError: 501 for an int8 model (no gradients to follow).
+        """
+        from keras_xception.source import INT8
+
+        self.source.check_top(None)  # A model without classes: one line.
+        if self.source.kind == INT8:
+            raise RequestError("this model is int8: Grad-CAM needs the float32 model; "
+                               "serve the float32 model to explain", 501)
+
     def explain(self, data, class_text=None, *, alpha=0.4, label="the image"):
         """The Grad-CAM overlay of an encoded image, as a PNG at the photo's size.
 
@@ -282,6 +296,7 @@ class Service:
 
         Raises:
             ConfigError: If the model has no classes or `class_text` names none.
+            RequestError: If the model is int8 (`check_explain`).
             ImageError: If the image cannot be decoded.
         """
         from PIL import Image
@@ -290,7 +305,7 @@ class Service:
         from keras_xception.images import decode_bytes
         from keras_xception.pipelines import resolve_class
 
-        self.source.check_top(None)  # A model without classes: one line.
+        self.check_explain()
         index = None
         if class_text is not None:
             index = resolve_class(class_text, self.source, self.loaded.classes,
