@@ -165,6 +165,18 @@ def test_numbers_out_of_range_are_refused(text):
         _args.positive_int(text)
 
 
+@pytest.mark.parametrize("text", ["-0.1", "1.5", "nan", "inf", "half", ""])
+def test_fractions_outside_0_1_are_refused(text):
+    # explain's --alpha and quantize's --min-top1/--min-cosine.
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=f"must be a number from 0 to 1. Received: '{text}'"):
+        _args.fraction(text)
+
+
+def test_fractions_from_0_to_1_are_taken():
+    assert [_args.fraction(t) for t in ("0", "0.4", "1", "1e-3")] == [0.0, 0.4, 1.0, 0.001]
+
+
 def test_one_positive_integer_rule_for_the_library():
     import numpy as np
 
