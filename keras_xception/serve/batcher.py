@@ -53,6 +53,22 @@ class Stopped(XceptionError):
     """The batcher is stopping: it takes no new images."""
 
 
+def check_room(depth: int, count: int, max_queue: int, *, stopping: bool) -> None:
+    """The queue's rule, for every batcher: `count` more images may wait.
+
+    Raises:
+        Stopped: If the batcher is stopping.
+        QueueFull: If `depth + count` would pass `max_queue`.
+    """
+    if stopping:
+        raise Stopped("the server is shutting down")
+    if depth + count > max_queue:
+        raise QueueFull(
+            f"the server is busy: {depth} images are waiting for the model, "
+            f"and the queue holds {max_queue}; retry shortly"
+        )
+
+
 class _Item:
     __slots__ = ("pixels", "future", "arrived")
 
@@ -128,13 +144,7 @@ class Batcher:
             QueueFull: If `count` more would pass `max_queue`.
             Stopped: If the batcher is stopping.
         """
-        if self._stopping:
-            raise Stopped("the server is shutting down")
-        if self.depth + count > self.max_queue:
-            raise QueueFull(
-                f"the server is busy: {self.depth} images are waiting for the model, "
-                f"and the queue holds {self.max_queue}; retry shortly"
-            )
+        check_room(self.depth, count, self.max_queue, stopping=self._stopping)
         self._reserved += count
         return Reservation(self, count)
 

@@ -42,7 +42,7 @@ import threading
 
 import numpy as np
 
-from keras_xception.serve.batcher import QueueFull, Reservation, Stopped
+from keras_xception.serve.batcher import Reservation, check_room
 
 # The Ray Serve application's name (one per cluster with this name).
 APP_NAME = "keras-xception"
@@ -72,13 +72,7 @@ class RayBatcher:
 
     def reserve(self, count: int) -> Reservation:
         """Room for `count` images, or `QueueFull` at once (as `Batcher.reserve`)."""
-        if self._stopping:
-            raise Stopped("the server is shutting down")
-        if self._reserved + count > self.max_queue:
-            raise QueueFull(
-                f"the server is busy: {self._reserved} images are waiting for the model, "
-                f"and the queue holds {self.max_queue}; retry shortly"
-            )
+        check_room(self._reserved, count, self.max_queue, stopping=self._stopping)
         self._reserved += count
         return Reservation(self, count)
 
