@@ -497,17 +497,23 @@ def build_app(service, settings, *, batcher=None):
             return error(503, "not ready")
         return {"ready": True}
 
-    @app.api_route("/v2/models/{target:path}", methods=_ALL_METHODS)
-    async def v2_models(target: str, request: Request):
-        match = _V2.fullmatch(target)
+    def model_route(pattern, target, request, version):
+        """The parts of a `/v1/models/...` or `/v2/models/...` path naming this
+        model (and its one version, if any), or the 404 saying what is wrong."""
+        match = pattern.fullmatch(target)
         if match is None:
             raise RequestError(f"no route {request.method} {request.url.path}; see "
                                "docs/serve.md", 404)
         if match["name"] != name:
             raise not_found(match["name"])
-        if match["version"] not in (None, oip.VERSION):
-            raise RequestError(f"model {name!r} has one version, {oip.VERSION!r}. "
+        if match["version"] not in (None, version):
+            raise RequestError(f"model {name!r} has one version, {version!r}. "
                                f"Received: version {match['version']!r}", 404)
+        return match
+
+    @app.api_route("/v2/models/{target:path}", methods=_ALL_METHODS)
+    async def v2_models(target: str, request: Request):
+        match = model_route(_V2, target, request, oip.VERSION)
         verb = match["verb"]
         if verb != "infer":
             allow(request, "GET", "HEAD")
@@ -530,15 +536,7 @@ def build_app(service, settings, *, batcher=None):
 
     @app.api_route("/v1/models/{target:path}", methods=_ALL_METHODS)
     async def v1_models(target: str, request: Request):
-        match = _V1.fullmatch(target)
-        if match is None:
-            raise RequestError(f"no route {request.method} {request.url.path}; see "
-                               "docs/serve.md", 404)
-        if match["name"] != name:
-            raise not_found(match["name"])
-        if match["version"] not in (None, tfserving.VERSION):
-            raise RequestError(f"model {name!r} has one version, {tfserving.VERSION!r}. "
-                               f"Received: version {match['version']!r}", 404)
+        match = model_route(_V1, target, request, tfserving.VERSION)
         verb = match["verb"]
         if verb is None:
             allow(request, "GET", "HEAD")
