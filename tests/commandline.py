@@ -35,24 +35,33 @@ def main(*args):
 
     Returns a `subprocess.CompletedProcess` with the exit status (a usage
     error's `SystemExit` included) and what the command wrote to
-    `sys.stdout` and `sys.stderr`. The TensorFlow variables and Pillow's
-    pixel limit that `main` sets are put back afterwards, so later tests and
-    their subprocesses see this process's settings.
+    `sys.stdout` and `sys.stderr`; see `in_process`.
+    """
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = in_process(argv)
+    return subprocess.CompletedProcess(["keras-xception", *argv], status,
+                                       out.getvalue(), err.getvalue())
+
+
+def in_process(argv) -> int:
+    """`keras_xception.cli.main(argv)` on this process's `sys` streams; its status.
+
+    A usage error's `SystemExit` gives its status. The TensorFlow variables
+    and Pillow's pixel limit that `main` sets are put back afterwards, so
+    later commands, tests and their subprocesses see this process's settings.
     """
     from PIL import Image
 
     from keras_xception import cli
 
-    argv = [str(a) for a in args]
     saved_env = {name: os.environ.get(name) for name in _TF_VARIABLES}
     saved_limit = Image.MAX_IMAGE_PIXELS
-    out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                status = cli.main(argv)
-            except SystemExit as exit:
-                status = 0 if exit.code is None else exit.code
+        return cli.main(list(argv))
+    except SystemExit as exit:
+        return 0 if exit.code is None else exit.code
     finally:
         for name, value in saved_env.items():
             if value is None:
@@ -60,5 +69,3 @@ def main(*args):
             else:
                 os.environ[name] = value
         Image.MAX_IMAGE_PIXELS = saved_limit
-    return subprocess.CompletedProcess(["keras-xception", *argv], status,
-                                       out.getvalue(), err.getvalue())

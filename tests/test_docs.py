@@ -39,7 +39,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests import realweights
+from tests import docs_cli, realweights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = ["README.md"] + sorted(
@@ -210,6 +210,7 @@ def docs_env(tmp_path_factory, imagenet_notop_arrays, pytestconfig):
     site = root / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    shim = docs_cli.write_shim(root / "bin")
 
     server = Server()
     for path in (notop, top):
@@ -225,6 +226,7 @@ def docs_env(tmp_path_factory, imagenet_notop_arrays, pytestconfig):
         KERAS_XCEPTION_WEIGHTS_URL=server.base,
         KERAS_XCEPTION_DOCS_TEST_MD5=str(root / "md5.json"),
         PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
+        PATH=os.pathsep.join([str(shim), env.get("PATH", os.defpath)]),
         NO_PROXY="127.0.0.1", no_proxy="127.0.0.1",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
@@ -348,21 +350,27 @@ def page_results(docs_env, tmp_path_factory):
     def results(page):
         if page not in done:
             cwd = _workspace(tmp_path_factory.mktemp("page"))
+            blocks = [block for block in parse(page) if block.not_run is None]
+            server = env = None
+            if any("keras-xception" in block.code for block in blocks):
+                server = docs_cli.CommandServer(docs_env, cwd / ".commands.log")
+                env = server.env
             kernels = []
 
             def kernel():
                 if not kernels:
-                    kernels.append(Kernel(cwd, docs_env))
+                    kernels.append(Kernel(cwd, env or docs_env))
                 return kernels[0]
 
             outcome = {}
             try:
-                for block in parse(page):
-                    if block.not_run is None:
-                        outcome[block.index] = _run_block(block, cwd, docs_env, kernel)
+                for block in blocks:
+                    outcome[block.index] = _run_block(block, cwd, env or docs_env, kernel)
             finally:
                 for k in kernels:
                     k.close()
+                if server is not None:
+                    server.close()
             done[page] = outcome
         return done[page]
 

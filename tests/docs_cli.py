@@ -1,0 +1,189 @@
+"""`keras-xception` for the docs test: each command runs in one warm process per page.
+
+A command in the docs is what a user types in a shell, pipes and redirections
+included, so the docs test runs each block in bash. Starting Python and
+TensorFlow takes about 6 s of the ~10 s a short command takes on 2 CPUs, and
+the docs hold some 30 commands; so `keras-xception` on the blocks' PATH is
+`SHIM`, a few lines of standard-library Python that hand the command to
+`CommandServer`, a process that has imported TensorFlow once for the page:
+
+- the shim sends its arguments, its working folder and its environment, with
+  its standard input, output and error themselves (file descriptors, over a
+  Unix socket), so a redirection or a pipe works as it would;
+- the server runs `keras_xception.cli.main` on them in its main thread, with
+  that folder as its working folder, and replies with the exit status, which
+  the shim exits with; between two commands it clears Keras's session;
+- `serve`, and any command run with an environment other than the server's
+  (`KERAS_BACKEND=jax keras-xception ...`, a `TF_...` variable), replaces the
+  shim with a real `python -m keras_xception.cli` process, as does every
+  command when no server is running.
+
+What only a fresh process shows (start-up lines, the oneDNN a command turns
+on, signals, exit at a closed stdout) is tested with real processes elsewhere
+(`tests/commandline.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+# Variables bash sets or changes on its own; the rest must equal the server's.
+VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_")
+# Commands that never run in the server: `serve` runs until it is stopped.
+OWN_PROCESS = ("serve",)
+SOCKET_VARIABLE = "KERAS_XCEPTION_DOCS_CLI"
+
+SHIM = '''\
+#!{python} -IS
+"""keras-xception for tests/test_docs.py: runs in the page's CommandServer (tests/docs_cli.py)."""
+import json, os, socket, struct, sys
+
+argv = sys.argv[1:]
+path = os.environ.get("{variable}")
+if path:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(path)
+            request = json.dumps({{"argv": argv, "cwd": os.getcwd(),
+                                  "env": dict(os.environ)}}).encode()
+            socket.send_fds(conn, [struct.pack("!I", len(request)) + request], [0, 1, 2])
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+        reply = json.loads(reply)
+        if "status" in reply:
+            sys.exit(reply["status"])
+    except OSError:
+        pass
+os.execv(sys.executable, [sys.executable, "-m", "keras_xception.cli", *argv])
+'''
+
+
+def write_shim(folder: pathlib.Path) -> pathlib.Path:
+    """Writes `folder/keras-xception`; returns `folder`, to put first on PATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / "keras-xception"
+    shim.write_text(SHIM.format(python=sys.executable, variable=SOCKET_VARIABLE))
+    shim.chmod(0o755)
+    return folder
+
+
+def comparable(env) -> dict:
+    return {k: v for k, v in env.items() if k not in VOLATILE and k != SOCKET_VARIABLE}
+
+
+# --- the server process ------------------------------------------------------------
+
+
+def _receive(conn):
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+    (length,) = struct.unpack("!I", data[:4])
+    data = data[4:]
+    while len(data) < length:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("the shim went away")
+        data += chunk
+    return json.loads(data), fds
+
+
+def _run(argv, cwd, fds) -> int:
+    """`keras-xception ARGV` in this process, on the shim's streams and folder."""
+    import io
+    import traceback
+
+    import keras
+
+    from tests import commandline
+
+    streams = [io.TextIOWrapper(io.FileIO(fds[0], "r"), encoding="utf-8"),
+               io.TextIOWrapper(io.FileIO(fds[1], "w"), encoding="utf-8"),
+               io.TextIOWrapper(io.FileIO(fds[2], "w"), encoding="utf-8",
+                                line_buffering=True)]
+    saved = sys.stdin, sys.stdout, sys.stderr
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        sys.stdin, sys.stdout, sys.stderr = streams
+        try:
+            return commandline.in_process(argv)
+        except Exception:  # A bug: its traceback, as a real process shows it.
+            traceback.print_exc()
+            return 1
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+        os.chdir(here)
+        for stream in streams:
+            try:
+                stream.close()
+            except OSError:  # A reader that has gone (`| head`).
+                pass
+        keras.backend.clear_session()  # A fresh process's names, and memory.
+        keras.config.set_dtype_policy("float32")
+
+
+def serve(path) -> None:
+    """The server's main loop (`python -m tests.docs_cli PATH`)."""
+    from keras_xception import tfenv
+
+    start = comparable(os.environ)  # What a command run here must be run with.
+    tfenv.configure()  # As the command line does, before TensorFlow starts.
+    import keras  # noqa: F401  The point: TensorFlow and Keras start once.
+
+    from keras_xception import cli  # noqa: F401
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path + ".part")
+        os.rename(path + ".part", path)  # Ready: the shim may connect.
+        listener.listen()
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                request, fds = _receive(conn)
+                if (comparable(request["env"]) != start
+                        or request["argv"][:1] and request["argv"][0] in OWN_PROCESS):
+                    for fd in fds:
+                        os.close(fd)
+                    conn.sendall(json.dumps({"exec": True}).encode())
+                    continue
+                status = _run(request["argv"], request["cwd"], fds)
+                conn.sendall(json.dumps({"status": status}).encode())
+
+
+class CommandServer:
+    """A `serve` process for one page; `env` gets the variable the shim reads."""
+
+    def __init__(self, env, log_path, timeout=120):
+        self.folder = tempfile.mkdtemp(prefix="kx-cli-")  # A short socket path.
+        self.path = os.path.join(self.folder, "socket")
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.docs_cli", self.path], env=env,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"the command server did not start: see {log_path}")
+            time.sleep(0.05)
+        self.env = {**env, SOCKET_VARIABLE: self.path}
+
+    def close(self):
+        self.process.kill()
+        self.process.wait(timeout=60)
+        self.log.close()
+        for name in os.listdir(self.folder):
+            os.unlink(os.path.join(self.folder, name))
+        os.rmdir(self.folder)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
