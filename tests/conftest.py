@@ -22,11 +22,24 @@ def pytest_xdist_auto_num_workers(config):
     return min(cpus or 1, MAX_WORKERS) if (cpus or 1) > 1 else 0
 
 
+# The longest groups (`--durations` of a whole run), handed out first, so that
+# no worker is left running one of them alone at the end. A group missing
+# here only runs later; the order changes nothing else.
+LONGEST_GROUPS = ("docs:README.md", "ray", "tests.test_jax_backend", "tests.test_benchmark",
+                  "tests.test_gpu_script", "docs:docs/training.md", "tests.test_batch")
+
+
+def _group(item):
+    return item.get_closest_marker("xdist_group").args[0]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    rank = {name: i for i, name in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -67,11 +67,20 @@ def small_classifier(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_embedded_ray_stays_on_loopback_and_equals_the_local_engine(
+def test_embedded_ray_stays_on_loopback_and_its_actors_write_what_the_local_engine_does(
         small_classifier, kitchen_photos, tmp_path, monkeypatch):
-    """No address: Ray starts embedded, on 127.0.0.1, and is shut down after."""
+    """No address: Ray starts embedded, on 127.0.0.1, and is shut down after.
+
+    Two jobs on one embedded Ray (starting it is most of a job's time):
+    `classify` of a list of paths with a missing one, and `embed` of a folder
+    with a name that is not UTF-8 and a broken image. What reaches the driver
+    per shard is its counts and errors, never its rows: the actors write the
+    shards.
+    """
+    import pickle
+
     from keras_xception import batch
-    from keras_xception.batch import ray_engine
+    from keras_xception.batch import ray_engine, sink
 
     # Where Ray would otherwise look for a cluster to join.
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -79,43 +88,9 @@ def test_embedded_ray_stays_on_loopback_and_equals_the_local_engine(
     folder.mkdir()
     for photo in kitchen_photos[:3]:
         shutil.copy(photo, folder / photo.name)
-    (folder / "missing.txt").write_text(f"{folder / 'gone.jpg'}\n")
-    sources = [folder / p.name for p in kitchen_photos[:3]] + [folder / "missing.txt"]
-    with ray_engine.connected() as connected:
-        nodes = connected.nodes()
-        assert [n["NodeManagerAddress"] for n in nodes] == [LOOPBACK]
-        manifest = batch.run("classify", sources, tmp_path / "ray", engine="ray",
-                             model_path=small_classifier, top=2, batch_size=2,
-                             shard_size=2)
-    assert not ray.is_initialized()
-    assert manifest["engine"] == "ray" and manifest["counts"]["errors"] == 1
-    local = batch.run("classify", sources, tmp_path / "local", engine="local",
-                      model_path=small_classifier, top=2, batch_size=2, shard_size=2)
-    assert local["counts"] == manifest["counts"]
-    got = pds.dataset(tmp_path / "ray", format="parquet").to_table().sort_by("path")
-    want = pds.dataset(tmp_path / "local", format="parquet").to_table().sort_by("path")
-    assert got.num_rows == 3
-    assert got["path"].to_pylist() == want["path"].to_pylist()
-    assert got["class_index"].to_pylist() == want["class_index"].to_pylist()
-    np.testing.assert_allclose(
-        np.array(got["score"].to_pylist()), np.array(want["score"].to_pylist()),
-        rtol=0, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_the_actors_write_the_shards_and_the_driver_gets_only_reports(
-        small_classifier, kitchen_photos, tmp_path, monkeypatch):
-    """What reaches the driver per shard is its counts and errors, never its rows."""
-    import pickle
-
-    from keras_xception import batch
-    from keras_xception.batch import ray_engine, sink
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for photo in kitchen_photos[:3]:
-        shutil.copy(photo, folder / photo.name)
+    listed = tmp_path / "missing.txt"
+    listed.write_text(f"{folder / 'gone.jpg'}\n")
+    sources = [folder / p.name for p in kitchen_photos[:3]] + [listed]
     name = os.fsdecode(os.fsencode(folder) + b"/not-utf8-\xe9.jpg")
     shutil.copy(kitchen_photos[3], name)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
@@ -130,24 +105,46 @@ def test_the_actors_write_the_shards_and_the_driver_gets_only_reports(
     def driver_write(*args, **kwargs):
         raise AssertionError("the driver wrote a shard")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(ray, "get", recording_get)
-        patch.setattr(sink, "write_shard", driver_write)
-        manifest = batch.run("embed", [folder], tmp_path / "ray", engine="ray",
-                             model_path=small_classifier, batch_size=2, shard_size=2)
+    with ray_engine.connected() as connected:
+        nodes = connected.nodes()
+        assert [n["NodeManagerAddress"] for n in nodes] == [LOOPBACK]
+        classified = batch.run("classify", sources, tmp_path / "ray_classes", engine="ray",
+                               model_path=small_classifier, top=2, batch_size=2,
+                               shard_size=2)
+        with monkeypatch.context() as patch:
+            patch.setattr(ray, "get", recording_get)
+            patch.setattr(sink, "write_shard", driver_write)
+            embedded = batch.run("embed", [folder], tmp_path / "ray_embed", engine="ray",
+                                 model_path=small_classifier, batch_size=2, shard_size=2)
     assert not ray.is_initialized()
-    assert manifest["counts"] == {"inputs": 5, "images": 4, "errors": 1, "shards": 3}
+
+    # classify: the same rows as the local engine.
+    assert classified["engine"] == "ray" and classified["counts"]["errors"] == 1
+    local = batch.run("classify", sources, tmp_path / "local_classes", engine="local",
+                      model_path=small_classifier, top=2, batch_size=2, shard_size=2)
+    assert local["counts"] == classified["counts"]
+    got = pds.dataset(tmp_path / "ray_classes", format="parquet").to_table().sort_by("path")
+    want = pds.dataset(tmp_path / "local_classes", format="parquet").to_table().sort_by("path")
+    assert got.num_rows == 3
+    assert got["path"].to_pylist() == want["path"].to_pylist()
+    assert got["class_index"].to_pylist() == want["class_index"].to_pylist()
+    np.testing.assert_allclose(
+        np.array(got["score"].to_pylist()), np.array(want["score"].to_pylist()),
+        rtol=0, atol=1e-5)
+
+    # embed: the driver got one small report per shard, and no rows.
+    assert embedded["counts"] == {"inputs": 5, "images": 4, "errors": 1, "shards": 3}
     reports = [r for r in received if isinstance(r, ray_engine.ShardDone)]
     assert sorted(r.index for r in reports) == [0, 1, 2]
     assert sum(r.rows for r in reports) == 4
     # One embedding alone is 8 KiB; a whole report is a fraction of that.
     assert all(len(pickle.dumps(r)) < 1024 for r in reports)
     assert len(received) == len(reports), [type(r) for r in received]
-
-    batch.run("embed", [folder], tmp_path / "local", engine="local",
+    batch.run("embed", [folder], tmp_path / "local_embed", engine="local",
               model_path=small_classifier, batch_size=2, shard_size=2)
-    got = pds.dataset(tmp_path / "ray", format="parquet").to_table().sort_by("path_bytes")
-    want = pds.dataset(tmp_path / "local", format="parquet").to_table().sort_by("path_bytes")
+    got = pds.dataset(tmp_path / "ray_embed", format="parquet").to_table().sort_by("path_bytes")
+    want = pds.dataset(tmp_path / "local_embed", format="parquet").to_table().sort_by(
+        "path_bytes")
     assert got["path_bytes"].to_pylist() == want["path_bytes"].to_pylist()
     assert os.fsencode(name) in got["path_bytes"].to_pylist()
     np.testing.assert_allclose(

@@ -2,6 +2,10 @@
 
 Keras picks its backend once per process, so the JAX run is a separate
 pytest process over the same test files; its output is shown on failure.
+It runs the fast tests and every `numerics` one (equality with
+keras.applications, real weights, mixed precision, channels_first); the
+other slow ones build full-size models to check shapes and files, which do
+not depend on the backend, and run under TensorFlow only.
 """
 
 import os
@@ -23,7 +27,7 @@ def test_model_tests_pass_under_jax():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-         *BACKEND_NEUTRAL_TESTS],
+         "-m", "not slow or numerics", *BACKEND_NEUTRAL_TESTS],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -275,8 +275,11 @@ def test_progress_bar_shows_bytes(server, cache, payload, capsys):
 @pytest.mark.slow
 def test_four_processes_end_with_one_verified_file(server, cache, tmp_path):
     payload = h5_bytes(size=2_000_000)
-    # Served slowly (about 1 s), so that the four downloads overlap.
-    url = server.add(FNAME, payload, chunk_delay=0.03)
+    # Served slowly (about 1 s), so that the four downloads overlap. Its own
+    # server, on the real clock: the fake one (`server`) moves only when
+    # this process's downloader reads it, and these downloaders are others.
+    real_time = Server()
+    url = real_time.add(FNAME, payload, chunk_delay=0.03)
     go = tmp_path / "go"
     script = textwrap.dedent(
         f"""
@@ -305,13 +308,16 @@ def test_four_processes_end_with_one_verified_file(server, cache, tmp_path):
     while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
         time.sleep(0.02)
     go.touch()
-    results = [worker.communicate(timeout=60) for worker in workers]
+    try:
+        results = [worker.communicate(timeout=60) for worker in workers]
+    finally:
+        real_time.close()
     for worker, (out, err) in zip(workers, results):
         assert worker.returncode == 0, err
         assert out.strip() == str(cache / FNAME)
     assert (cache / FNAME).read_bytes() == payload
     assert leftovers(cache) == [FNAME]
-    assert len(server.hits(FNAME)) == 1  # The others waited for the lock.
+    assert len(real_time.hits(FNAME)) == 1  # The others waited for the lock.
 
 
 # Offline mode and the mirror.
