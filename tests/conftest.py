@@ -25,8 +25,9 @@ def pytest_xdist_auto_num_workers(config):
 # The longest groups (`--durations` of a whole run), handed out first, so that
 # no worker is left running one of them alone at the end. A group missing
 # here only runs later; the order changes nothing else.
-LONGEST_GROUPS = ("docs:README.md", "ray", "tests.test_jax_backend", "tests.test_benchmark",
-                  "tests.test_gpu_script", "docs:docs/training.md", "tests.test_batch")
+LONGEST_GROUPS = ("tests.test_onednn_rerun", "docs:README.md", "ray", "tests.test_jax_backend",
+                  "tests.test_benchmark", "tests.test_gpu_script", "docs:docs/training.md",
+                  "tests.test_batch")
 
 
 def _group(item):
