@@ -192,6 +192,27 @@ def test_cli_quantize_then_classify_equals_python_and_explain_refuses(
     for f, row in zip(files, expected):
         np.testing.assert_allclose([got[f.name][i] for i in range(6)], row, atol=1e-5)
 
+    # As a batch job: the same scores, and the manifest says int8 ran.
+    status, stdout, stderr = run_cli("classify", held_out, "--model", out, "--top", "6",
+                                     "--output", tmp_path / "classes", "--engine", "local",
+                                     "--json")
+    assert status == 0, stderr
+    assert json.loads(stdout)["precision"] == "int8"
+    import pyarrow.dataset as pds
+
+    table = pds.dataset(tmp_path / "classes", format="parquet").to_table().to_pylist()
+    rows = {os.path.basename(r["path"]): dict(zip(r["class_index"], r["score"]))
+            for r in table}
+    for f, row in zip(files, expected):
+        np.testing.assert_allclose([rows[f.name][i] for i in range(6)], row, atol=1e-5)
+    # A float precision asked of it is one line, before anything is written.
+    status, stdout, stderr = run_cli("embed", held_out, "--model", out, "--precision",
+                                     "float32", "--output", tmp_path / "float",
+                                     "--engine", "local")
+    assert (status, stdout) == (1, "") and stderr.count("\n") == 1
+    assert "is an int8 model already" in stderr and "'float32'" in stderr
+    assert not (tmp_path / "float").exists()
+
     status, stdout, stderr = run_cli("explain", held_out, "--model", out,
                                      "--output", tmp_path / "overlays")
     assert status == 1 and stdout == ""

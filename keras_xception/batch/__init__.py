@@ -111,6 +111,13 @@ def _model_spec(kind, weights, model_path, precision, top, stream) -> ModelSpec:
 
     given = weights if model_path is None else model_path
     source = open_source(given, need_top=kind == CLASSIFY, progress=stream)
+    if source.kind == "int8":  # Quantized already: it runs as it is.
+        from keras_xception.inference.int8_folder import check_precision
+
+        check_precision(source.given, precision or "int8", None)
+        precision = "int8"
+    elif precision is None:
+        precision = "float32"
     if kind == CLASSIFY:
         top = source.check_top(top)
     else:
@@ -129,7 +136,7 @@ def run(
     weights="imagenet",
     model_path=None,
     top=None,
-    precision="float32",
+    precision=None,
     path_column=DEFAULT_PATH_COLUMN,
     shard_size=DEFAULT_SHARD_SIZE,
     max_pixels=None,
@@ -156,9 +163,13 @@ def run(
             classifier from `keras-xception fine-tune`).
         top: Classes per image for `classify`, 1 to 1000 and at most the
             model's classes; `None` for 5 (or all of a model's fewer classes).
-        precision: `"float32"` (default), `"bfloat16"` or `"auto"`, passed
-            to `optimize_for_inference(precision=...)`. Results of different
-            precisions are never mixed in one output.
+        precision: `"float32"`, `"bfloat16"` or `"auto"`, passed to
+            `optimize_for_inference(precision=...)`; `None` (default) is
+            `"float32"`, or `"int8"` for an int8 model folder from
+            `keras-xception quantize`, which runs as it is (`"auto"` and
+            `"int8"` are accepted for it, nothing else). The manifest
+            records the precision that ran. Results of different precisions
+            are never mixed in one output.
         path_column: The column of paths in `.csv`/`.parquet` lists.
         shard_size: Inputs per shard (the unit written atomically and
             skipped by a rerun).

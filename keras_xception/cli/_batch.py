@@ -50,10 +50,10 @@ def add_batch_arguments(parser):
     _add(parser, "--model", metavar="PATH.keras",
          help="a fine-tuned .keras model instead of --weights")
     _add(parser, "--precision", choices=("auto", "float32", "bfloat16"),
-         default="float32",
          help="compute precision (default: float32, so embeddings from "
          "different machines can share one index; auto: bfloat16 where the "
-         "CPU computes it natively and a probe check holds)")
+         "CPU computes it natively and a probe check holds; an int8 --model "
+         "runs in int8)")
     _add(parser, "--path-column", default=DEFAULT_PATH_COLUMN, metavar="NAME",
          help="the column of paths in a .csv or .parquet list "
          f"(default: {DEFAULT_PATH_COLUMN})")
@@ -125,7 +125,7 @@ def run_batch(args, kind) -> int:
         kind, args.paths, args.output,
         engine=args.engine, address=args.address, batch_size=batch_size,
         weights=args.weights, model_path=args.model, top=getattr(args, "top", None),
-        precision=args.precision or "float32", path_column=args.path_column,
+        precision=args.precision, path_column=args.path_column,
         shard_size=args.shard_size, max_pixels=args.max_pixels,
         overwrite=args.overwrite, progress=sys.stderr, on_error=on_error,
     )
