@@ -155,6 +155,8 @@ def serve(path) -> None:
                     conn.sendall(json.dumps({"exec": True}).encode())
                     continue
                 status = _run(request["argv"], request["cwd"], fds)
+                # The server's log (`CommandServer`'s `log_path`) lists each command it ran.
+                print(f"ran {json.dumps(request['argv'])}: {status}", flush=True)
                 conn.sendall(json.dumps({"status": status}).encode())
 
 

@@ -389,6 +389,43 @@ def test_block(block, page_results):
     assert failure is None, f"{block.id}:\n{failure}"
 
 
+@pytest.mark.slow
+def test_the_command_shim_gives_what_a_real_process_gives(docs_env, tmp_path):
+    """`keras-xception` in the blocks (tests/docs_cli.py) keeps the status and streams."""
+    server = docs_cli.CommandServer(docs_env, tmp_path / "server.log")
+    try:
+        def shell(command, **env):
+            return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path,
+                                  env={**server.env, **env}, capture_output=True,
+                                  text=True, timeout=120)
+
+        def real(*argv):
+            return subprocess.run([sys.executable, "-m", "keras_xception.cli", *argv],
+                                  cwd=tmp_path, env=docs_env, capture_output=True,
+                                  text=True, timeout=120)
+
+        for argv in (["classify", "missing.jpg"], ["classify", "docs", "--top", "0"],
+                     ["--version"]):
+            got, want = shell("keras-xception " + " ".join(argv)), real(*argv)
+            assert (got.returncode, got.stdout, got.stderr) == \
+                (want.returncode, want.stdout, want.stderr), argv
+        assert shell("keras-xception --version > v.txt").stdout == ""
+        assert (tmp_path / "v.txt").read_text() == real("--version").stdout
+        # A reader that goes early: quiet, status 0, as in a real process.
+        done = shell("keras-xception classify --help | head -n 1")
+        assert (done.returncode, done.stderr) == (0, "")
+        assert done.stdout.startswith("usage: keras-xception classify")
+        # Another environment: a real process, not the server.
+        assert shell("keras-xception --version", KERAS_BACKEND="jax").returncode == 0
+        ran = [line for line in (tmp_path / "server.log").read_text().splitlines()
+               if line.startswith("ran ")]
+        assert ran == ['ran ["classify", "missing.jpg"]: 1',
+                       'ran ["classify", "docs", "--top", "0"]: 1', 'ran ["--version"]: 0',
+                       'ran ["--version"]: 0', 'ran ["classify", "--help"]: 0']
+    finally:
+        server.close()
+
+
 # --- generated pages ---------------------------------------------------------------
 
 
