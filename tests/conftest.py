@@ -12,8 +12,9 @@ from tests import commandline, realweights
 # Each module is one unit of work, so a module's fixtures (a server, a Ray
 # cluster, a model) are built once; a test that sets its own `xdist_group`
 # joins that group instead (the docs test: one group per page, whose blocks
-# run in order in one process). Workers: one per CPU this process may use, at
-# most MAX_WORKERS (each holds TensorFlow and a few models: 2-3 GB).
+# run in order in one process). Workers: one per CPU this process may use,
+# at most MAX_WORKERS (each holds TensorFlow and a few models: 2-3 GB); none
+# on one CPU.
 MAX_WORKERS = 4
 
 
@@ -22,12 +23,16 @@ def pytest_xdist_auto_num_workers(config):
     return min(cpus or 1, MAX_WORKERS) if (cpus or 1) > 1 else 0
 
 
-# The longest groups (`--durations` of a whole run), handed out first, so that
-# no worker is left running one of them alone at the end. A group missing
-# here only runs later; the order changes nothing else.
+# The longest groups (`--durations` of a whole run), handed out first, then
+# the other groups with slow tests, most first, then the rest: so that no
+# worker is left running a long group alone at the end. xdist hands groups
+# out in this order with `--no-loadscope-reorder` (setup.cfg); by default it
+# would hand out the groups with the most tests first. The order changes
+# nothing else.
 LONGEST_GROUPS = ("tests.test_onednn_rerun", "docs:README.md", "ray", "tests.test_jax_backend",
                   "tests.test_benchmark", "tests.test_gpu_script", "docs:docs/training.md",
-                  "tests.test_batch")
+                  "tests.test_training_batchnorm", "tests.test_load_serve",
+                  "docs:docs/inference.md", "tests.test_scratch", "tests.test_batch")
 
 
 def _group(item):
@@ -40,7 +45,10 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     rank = {name: i for i, name in enumerate(LONGEST_GROUPS)}
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))
+    slow = {}
+    for item in items:
+        slow[_group(item)] = slow.get(_group(item), 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (rank.get(_group(item), len(rank)), -slow[_group(item)]))
 
 
 @pytest.fixture(scope="session")
