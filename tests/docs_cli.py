@@ -15,8 +15,9 @@ the docs hold some 30 commands; so `keras-xception` on the blocks' PATH is
   the shim exits with; between two commands it clears Keras's session;
 - `serve`, and any command run with an environment other than the server's
   (`KERAS_BACKEND=jax keras-xception ...`, a `TF_...` variable), replaces the
-  shim with a real `python -m keras_xception.cli` process, as does every
-  command when no server is running.
+  shim with the installed `keras-xception` (the next one on PATH), as does
+  every command when no server is running;
+- the server ends when the test that started it goes (its stdin closes).
 
 What only a fresh process shows (start-up lines, the oneDNN a command turns
 on, signals, exit at a closed stdout) is tested with real processes elsewhere
@@ -28,11 +29,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 # Variables bash sets or changes on its own; the rest must equal the server's.
@@ -63,7 +66,13 @@ if path:
             sys.exit(reply["status"])
     except OSError:
         pass
-os.execv(sys.executable, [sys.executable, "-m", "keras_xception.cli", *argv])
+# The installed command: the next keras-xception on PATH after this one.
+here = os.path.dirname(os.path.abspath(__file__))
+for folder in os.environ.get("PATH", "").split(os.pathsep):
+    candidate = os.path.join(folder, "keras-xception")
+    if folder and os.path.abspath(folder) != here and os.access(candidate, os.X_OK):
+        os.execv(candidate, [candidate, *argv])
+sys.exit("keras-xception is not installed (no keras-xception on PATH after the docs test's shim)")
 '''
 
 
@@ -135,6 +144,17 @@ def serve(path) -> None:
     from keras_xception import tfenv
 
     start = comparable(os.environ)  # What a command run here must be run with.
+
+    def end_with_parent():  # stdin is the test's pipe: EOF when the test goes.
+        sys.stdin.buffer.read()
+        for name in (path, path + ".part", os.path.dirname(path)):
+            try:
+                (os.rmdir if name == os.path.dirname(path) else os.unlink)(name)
+            except OSError:
+                pass
+        os._exit(0)
+
+    threading.Thread(target=end_with_parent, daemon=True).start()
     tfenv.configure()  # As the command line does, before TensorFlow starts.
     import keras  # noqa: F401  The point: TensorFlow and Keras start once.
 
@@ -161,7 +181,7 @@ def serve(path) -> None:
 
 
 class CommandServer:
-    """A `serve` process for one page; `env` gets the variable the shim reads."""
+    """The server process for one page; `env` gets the variable the shim reads."""
 
     def __init__(self, env, log_path, timeout=120):
         self.folder = tempfile.mkdtemp(prefix="kx-cli-")  # A short socket path.
@@ -169,7 +189,7 @@ class CommandServer:
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.docs_cli", self.path], env=env,
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+            stdin=subprocess.PIPE, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.path):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -181,10 +201,9 @@ class CommandServer:
     def close(self):
         self.process.kill()
         self.process.wait(timeout=60)
+        self.process.stdin.close()
         self.log.close()
-        for name in os.listdir(self.folder):
-            os.unlink(os.path.join(self.folder, name))
-        os.rmdir(self.folder)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

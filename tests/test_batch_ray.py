@@ -71,11 +71,11 @@ def test_embedded_ray_stays_on_loopback_and_its_actors_write_what_the_local_engi
         small_classifier, kitchen_photos, tmp_path, monkeypatch):
     """No address: Ray starts embedded, on 127.0.0.1, and is shut down after.
 
-    Two jobs on one embedded Ray (starting it is most of a job's time):
-    `classify` of a list of paths with a missing one, and `embed` of a folder
-    with a name that is not UTF-8 and a broken image. What reaches the driver
-    per shard is its counts and errors, never its rows: the actors write the
-    shards.
+    Two jobs: `classify` of a list of paths with a missing one, on a Ray
+    started here to see its nodes, then `embed` of a folder with a name that
+    is not UTF-8 and a broken image, which starts and stops Ray itself as
+    the command line's job does. What reaches the driver per shard is its
+    counts and errors, never its rows: the actors write the shards.
     """
     import pickle
 
@@ -111,11 +111,12 @@ def test_embedded_ray_stays_on_loopback_and_its_actors_write_what_the_local_engi
         classified = batch.run("classify", sources, tmp_path / "ray_classes", engine="ray",
                                model_path=small_classifier, top=2, batch_size=2,
                                shard_size=2)
-        with monkeypatch.context() as patch:
-            patch.setattr(ray, "get", recording_get)
-            patch.setattr(sink, "write_shard", driver_write)
-            embedded = batch.run("embed", [folder], tmp_path / "ray_embed", engine="ray",
-                                 model_path=small_classifier, batch_size=2, shard_size=2)
+    assert not ray.is_initialized()
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "get", recording_get)
+        patch.setattr(sink, "write_shard", driver_write)
+        embedded = batch.run("embed", [folder], tmp_path / "ray_embed", engine="ray",
+                             model_path=small_classifier, batch_size=2, shard_size=2)
     assert not ray.is_initialized()
 
     # classify: the same rows as the local engine.

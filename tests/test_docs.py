@@ -399,10 +399,13 @@ def test_the_command_shim_gives_what_a_real_process_gives(docs_env, tmp_path):
                                   env={**server.env, **env}, capture_output=True,
                                   text=True, timeout=120)
 
+        installed = shutil.which("keras-xception", path=docs_env["PATH"].split(
+            os.pathsep, 1)[1])  # The PATH after the shim's folder.
+        assert installed, "keras-xception is not installed"
+
         def real(*argv):
-            return subprocess.run([sys.executable, "-m", "keras_xception.cli", *argv],
-                                  cwd=tmp_path, env=docs_env, capture_output=True,
-                                  text=True, timeout=120)
+            return subprocess.run([installed, *argv], cwd=tmp_path, env=docs_env,
+                                  capture_output=True, text=True, timeout=120)
 
         for argv in (["classify", "missing.jpg"], ["classify", "docs", "--top", "0"],
                      ["--version"]):
@@ -415,8 +418,9 @@ def test_the_command_shim_gives_what_a_real_process_gives(docs_env, tmp_path):
         done = shell("keras-xception classify --help | head -n 1")
         assert (done.returncode, done.stderr) == (0, "")
         assert done.stdout.startswith("usage: keras-xception classify")
-        # Another environment: a real process, not the server.
-        assert shell("keras-xception --version", KERAS_BACKEND="jax").returncode == 0
+        # Another environment: the installed command, not the server.
+        done = shell("keras-xception --version", KERAS_BACKEND="jax")
+        assert (done.returncode, done.stdout) == (0, real("--version").stdout)
         ran = [line for line in (tmp_path / "server.log").read_text().splitlines()
                if line.startswith("ran ")]
         assert ran == ['ran ["classify", "missing.jpg"]: 1',
