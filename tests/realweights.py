@@ -54,16 +54,25 @@ def labels() -> dict[pathlib.Path, str]:
     return out
 
 
-def pillow_pixels(paths, size):
+def pillow_pixels(paths, size, *, draft=False):
     """Photos decoded and resized by Pillow alone, float32 in [0, 255].
 
     Independent of the package's decoder, for references computed in a test.
+    `draft=True` follows the decoding rule docs/cli.md states for small
+    targets: a JPEG is decoded by libjpeg at a reduced scale while that stays
+    at least twice the target (Pillow's `Image.draft`), then turned upright
+    by its EXIF orientation and resized bilinearly. Without it the photo is
+    decoded whole, which gives the same pixels when no reduced scale fits
+    (the 750x1000 kitchen photos at 299x299).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     out = []
     for path in paths:
         with Image.open(path) as image:
+            if draft:
+                image.draft("RGB", (2 * size, 2 * size))
+                image = ImageOps.exif_transpose(image)
             image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             out.append(np.asarray(image, np.float32))
     return np.stack(out)
