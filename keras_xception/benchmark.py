@@ -66,6 +66,7 @@ import sys
 import time
 
 from keras_xception import architecture
+from keras_xception.inference import cpu
 
 DTYPE_POLICIES = {"none": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -265,7 +266,10 @@ def _worker(config):
     info["min_cosine"] = min_cosine(expected, got)
     _matmul_rate(config["sgemm_size"], compute_dtype, repeats=1)
     bf16_gemm = None
-    if keras.backend.backend() == "tensorflow":
+    # Under an AVX2 cap of oneDNN's kernels TensorFlow's oneDNN bf16 matmul
+    # crashes the process (TensorFlow 2.21), so there is no bf16 roof then.
+    cap = cpu.isa_cap()
+    if keras.backend.backend() == "tensorflow" and not (cap and cap[1] in cpu.AVX2_ISAS):
         bf16_gemm = _matmul_rate(config["sgemm_size"], "bfloat16", repeats=1)
     print(json.dumps({"ready": True, "onednn": onednn_enabled(), **info,
                       "sgemm_bf16": bf16_gemm}), flush=True)
@@ -414,6 +418,26 @@ def _check_request(only, weights):
             )
 
 
+def _capped_out(name, mixed_precision, backend):
+    """Why contestant `name` cannot run under this process's oneDNN ISA cap, or `None`.
+
+    Under an AVX2 cap (`cpu.AVX2_ISAS`) TensorFlow's oneDNN crashes the
+    process on a bf16 matmul and OpenVINO cannot compile a bf16 model.
+    """
+    cap = cpu.isa_cap()
+    if backend != "tensorflow" or not (cap and cap[1] in cpu.AVX2_ISAS):
+        return None
+    if mixed_precision == "bf16":
+        what = "--mixed-precision bf16"
+    elif name in ("fast-bfloat16", "fast-openvino-bfloat16"):
+        what = name
+    elif name == "openvino" and cpu.cpu_flags() & cpu.BF16_FLAGS:
+        what = "openvino (OpenVINO's defaults pick bf16 on this CPU)"
+    else:
+        return None
+    return f"{what} cannot run in bf16 while {cap[0]}={cap[1]} caps oneDNN below bf16"
+
+
 def _available_gib():
     """Memory available to new processes (GiB), or `None` where unknown."""
     try:
@@ -450,7 +474,8 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
 
     Returns:
         A dict with `machine`, `settings`, `skipped` (contestants not
-        started for lack of memory) and one entry per contestant under
+        started for lack of memory, or that cannot run in bf16 under an AVX2
+        cap of oneDNN's kernels, `ONEDNN_MAX_CPU_ISA`) and one entry per contestant under
         `results` (`img_per_s`, `batch_ms_per_image`, `latency_ms`,
         `sgemm_gflops`, `roofline`, `peak_memory_mb`, `prepare_s` (building
         the runtime and the first calls), `runtime`, `precision`,
@@ -460,7 +485,9 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
 
     Raises:
         ConfigError: For an unknown contestant in `only`, or one whose
-            runtime is not installed.
+            runtime is not installed; for a bf16 contestant named in `only`,
+            or `mixed_precision="bf16"`, under an AVX2 cap of oneDNN's
+            kernels.
         WeightsError: If `weights` is not a file.
     """
     _check_request(only, weights)
@@ -496,8 +523,20 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
         ):
             contestants.insert(0, ("reference-default", default_env))
 
-    # Start one at a time so that loading does not overlap measurement.
+    from keras_xception.errors import ConfigError
+
     workers, skipped = [], []
+    for name, worker_env in list(contestants):
+        why = _capped_out(name, mixed_precision, backend)
+        if why is None:
+            continue
+        if (only and name in only) or mixed_precision == "bf16":
+            raise ConfigError(f"{why}: leave it out, or unset {cpu.isa_cap()[0]}")
+        log(f"skipping {name}: {why}")
+        skipped.append(name)
+        contestants.remove((name, worker_env))
+
+    # Start one at a time so that loading does not overlap measurement.
     for name, worker_env in contestants:
         needed = CONVERSION_GIB if name in ("onnxruntime", "fast-onnxruntime") \
             else WORKER_GIB

@@ -104,6 +104,32 @@ def test_a_missing_runtime_or_weights_file_is_refused_before_any_worker(monkeypa
         benchmark.run(only=["fast", ""])
 
 
+def test_bf16_contestants_under_an_avx2_cap_of_onednn_are_refused_or_skipped(
+        monkeypatch):
+    """TensorFlow's oneDNN crashes on a bf16 matmul under the cap, and
+    OpenVINO cannot compile bf16: named, one line; in the default set, left out."""
+    from keras_xception import benchmark
+    from keras_xception.errors import ConfigError
+    from keras_xception.inference import cpu
+
+    for name in cpu.ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    monkeypatch.setattr(benchmark, "_Worker", None)  # starting one would fail
+    for only in (["openvino"], ["fast-bfloat16"]):
+        with pytest.raises(ConfigError, match=rf"^{only[0]}.* cannot run in bf16 while "
+                           r"ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN below bf16: leave it out"):
+            benchmark.run(only=only)
+    with pytest.raises(ConfigError, match=r"^--mixed-precision bf16 cannot run"):
+        benchmark.run(only=["fast"], mixed_precision="bf16")
+    for name in ("fast-bfloat16", "openvino", "fast", "fast-float32"):
+        expected = None if name.startswith("fast") and name != "fast-bfloat16" else "AVX2"
+        why = benchmark._capped_out(name, "none", "tensorflow")
+        assert (why is None) if expected is None else (expected in why), (name, why)
+    assert benchmark._capped_out("fast-bfloat16", "none", "jax") is None
+
+
 def test_an_unknown_contestant_is_one_line_naming_the_choices(run_cli):
     status, out, err = run_cli("benchmark", "--only", "fast,openvino-bf16")
     assert status == 1 and not out

@@ -296,3 +296,61 @@ def test_openvino_conversion_sends_no_usage_statistics(monkeypatch, small):
     ov_runtime.convert(small)
     assert calls == []
     assert convert_impl.tm is before  # OpenVINO's own module, back in place
+
+
+@pytest.mark.parametrize("variable, isa", [
+    ("ONEDNN_MAX_CPU_ISA", "avx2"), ("DNNL_MAX_CPU_ISA", "AVX512_CORE_VNNI")])
+def test_a_onednn_isa_cap_below_bf16_keeps_auto_in_float32(native, monkeypatch, small,
+                                                             variable, isa):
+    """The CPU has bf16, but oneDNN's kernels are capped below it."""
+    for name in cpu.ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, isa)
+    assert not cpu.usable_flags() & cpu.BF16_FLAGS
+    plan = optimize_for_inference(small, runtime="keras").describe()
+    assert plan["precision"] == "float32"
+    assert f"{variable}={isa.upper()} caps oneDNN's kernels below bf16" in plan["reason"]
+    # A cap at or above bf16 changes nothing.
+    monkeypatch.setenv(variable, "AVX512_CORE_AMX")
+    assert cpu.usable_flags() == ZEN4
+
+
+def test_openvino_bf16_under_an_avx2_cap_is_one_line_before_compiling(monkeypatch, small):
+    for name in cpu.ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(ov_runtime, "convert", None)  # converting would fail
+    with pytest.raises(ConfigError, match=r"^OpenVINO cannot compile a bfloat16 model "
+                       r"while ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN below bf16: .*'float32'"):
+        optimize_for_inference(small, "bfloat16", runtime="openvino").predict(
+            np.zeros((1, SIZE, SIZE, 3), "float32"))
+
+
+@pytest.mark.slow
+def test_auto_runs_in_a_process_whose_onednn_is_capped_at_avx2(small, batch, tmp_path):
+    """A real process: oneDNN reads the cap when it starts (OpenVINO's and
+    TensorFlow's). Before the cap was read, OpenVINO was asked for bf16 on
+    this CPU's flags and failed to compile."""
+    import os
+    import subprocess
+    import sys
+
+    model, x = tmp_path / "small.keras", tmp_path / "x.npy"
+    small.save(model)
+    np.save(x, batch)
+    code = (
+        "import sys, numpy as np, keras\n"
+        "from keras_xception import optimize_for_inference\n"
+        "fast = optimize_for_inference(keras.saving.load_model(sys.argv[1]))\n"
+        "print(fast.describe()['precision'])\n"
+        "np.save(sys.argv[3], fast.predict(np.load(sys.argv[2])))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in cpu.ISA_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", code, model, x, tmp_path / "y.npy"],
+                          env={**env, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["float32"]
+    expected = small.predict(batch, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())

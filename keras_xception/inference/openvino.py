@@ -43,7 +43,7 @@ def native_bf16(flags):
     """Whether OpenVINO computes bf16 natively on this CPU, and why."""
     have = cpu.bf16_flags(flags)
     if not have:
-        return False, "the CPU has no native bf16 (avx512_bf16 or amx_bf16)"
+        return False, cpu.no_bf16_reason()
     return True, f"native bf16 ({', '.join(have)}) through OpenVINO"
 
 
@@ -113,7 +113,17 @@ def compile(model, precision):  # noqa: A001 - one name across runtimes
     """
     import keras
 
+    from keras_xception.errors import ConfigError
+
     ov = _require()
+    cap = cpu.isa_cap()
+    if precision == "bfloat16" and cap and cap[1] in cpu.AVX2_ISAS:
+        variable, isa = cap
+        raise ConfigError(
+            f"OpenVINO cannot compile a bfloat16 model while {variable}={isa} caps "
+            "oneDNN below bf16: ask for precision 'float32' (or 'auto'), or unset "
+            f"{variable}"
+        )
     compiled = ov.Core().compile_model(
         convert(model), "CPU", {"INFERENCE_PRECISION_HINT": _HINTS[precision]}
     )

@@ -165,7 +165,7 @@ def choose_runtime(precision, *, backend, flags, installed):
         precision: The precision asked for: `"auto"`, `"float32"` or
             `"bfloat16"`.
         backend: The Keras backend's name.
-        flags: The CPU's flags (`cpu.cpu_flags()`).
+        flags: The CPU's flags as oneDNN may use them (`cpu.usable_flags()`).
         installed: `{runtime name: bool}` for `"openvino"` and
             `"onnxruntime"`.
 
@@ -201,7 +201,7 @@ class _Choice:
         if self.runtime != "auto":
             return self.runtime, "requested"
         return choose_runtime(
-            self.precision, backend=keras.backend.backend(), flags=cpu.cpu_flags(),
+            self.precision, backend=keras.backend.backend(), flags=cpu.usable_flags(),
             installed={name: r.installed() for name, r in RUNTIMES.items()
                        if name != "keras"},
         )
@@ -212,7 +212,7 @@ class _Choice:
         name, runtime_reason = self._pick_runtime()
         runtime = RUNTIMES[name]
         reasons = [f"runtime: {runtime_reason}"]
-        native, why = runtime.native_bf16(cpu.cpu_flags())
+        native, why = runtime.native_bf16(cpu.usable_flags())
         forward = None
         precision = self.precision
         if precision == "auto":

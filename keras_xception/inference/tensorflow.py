@@ -236,7 +236,7 @@ def native_bf16(flags):
     have = cpu.bf16_flags(flags)
     backend = keras.backend.backend()
     if not have:
-        return False, "the CPU has no native bf16 (avx512_bf16 or amx_bf16)"
+        return False, cpu.no_bf16_reason()
     if backend != "tensorflow":
         return False, (f"bfloat16 is picked automatically only on the TensorFlow "
                        f"backend, not on {backend}")
