@@ -268,8 +268,7 @@ def _worker(config):
     bf16_gemm = None
     # Under an AVX2 cap of oneDNN's kernels TensorFlow's oneDNN bf16 matmul
     # crashes the process (TensorFlow 2.21), so there is no bf16 roof then.
-    cap = cpu.isa_cap()
-    if keras.backend.backend() == "tensorflow" and not (cap and cap[1] in cpu.AVX2_ISAS):
+    if keras.backend.backend() == "tensorflow" and not cpu.avx2_cap():
         bf16_gemm = _matmul_rate(config["sgemm_size"], "bfloat16", repeats=1)
     print(json.dumps({"ready": True, "onednn": onednn_enabled(), **info,
                       "sgemm_bf16": bf16_gemm}), flush=True)
@@ -424,8 +423,8 @@ def _capped_out(name, mixed_precision, backend):
     Under an AVX2 cap (`cpu.AVX2_ISAS`) TensorFlow's oneDNN crashes the
     process on a bf16 matmul and OpenVINO cannot compile a bf16 model.
     """
-    cap = cpu.isa_cap()
-    if backend != "tensorflow" or not (cap and cap[1] in cpu.AVX2_ISAS):
+    cap = cpu.avx2_cap()
+    if backend != "tensorflow" or not cap:
         return None
     if mixed_precision == "bf16":
         what = "--mixed-precision bf16"

@@ -69,6 +69,12 @@ def isa_cap():
     return None
 
 
+def avx2_cap():
+    """`isa_cap()` where it is one of `AVX2_ISAS` (no bf16 kernel at all), else `None`."""
+    cap = isa_cap()
+    return cap if cap and cap[1] in AVX2_ISAS else None
+
+
 def usable_flags():
     """The CPU's flags as oneDNN's kernels may use them (see the module docstring)."""
     flags = cpu_flags()

@@ -116,8 +116,8 @@ def compile(model, precision):  # noqa: A001 - one name across runtimes
     from keras_xception.errors import ConfigError
 
     ov = _require()
-    cap = cpu.isa_cap()
-    if precision == "bfloat16" and cap and cap[1] in cpu.AVX2_ISAS:
+    cap = cpu.avx2_cap()
+    if precision == "bfloat16" and cap:
         variable, isa = cap
         raise ConfigError(
             f"OpenVINO cannot compile a bfloat16 model while {variable}={isa} caps "
