@@ -366,12 +366,14 @@ def _runtime_of(name):
     return None
 
 
-def _check_request(only, weights):
-    """Checks `only` and `weights` before any worker starts.
+def _check_request(only, weights, mixed_precision="none"):
+    """Checks `only`, `weights` and `mixed_precision` before any work.
 
     Raises:
         ConfigError: For an unknown contestant, or one whose runtime is not
-            installed or needs the TensorFlow backend.
+            installed or needs the TensorFlow backend; for a named bf16
+            contestant or `mixed_precision="bf16"` under an AVX2 cap of
+            oneDNN's kernels (`_capped_out`).
         WeightsError: If `weights` is not a file.
     """
     import keras
@@ -400,6 +402,10 @@ def _check_request(only, weights):
             )
         if not runtime.installed():
             raise ConfigError(f"--only {name} needs {runtime.NAME}: {runtime.EXTRA}")
+    for name in ["fast", *(only or ())]:  # `fast` always runs
+        why = _capped_out(name, mixed_precision, keras.backend.backend())
+        if why is not None:
+            raise ConfigError(f"{why}: leave it out, or unset {cpu.isa_cap()[0]}")
     if weights is not None:
         if not os.path.isfile(weights):
             raise WeightsError(
@@ -489,7 +495,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             kernels.
         WeightsError: If `weights` is not a file.
     """
-    _check_request(only, weights)
+    _check_request(only, weights, mixed_precision)
     import keras
 
     from keras_xception.flops import count_flops
@@ -522,15 +528,11 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
         ):
             contestants.insert(0, ("reference-default", default_env))
 
-    from keras_xception.errors import ConfigError
-
     workers, skipped = [], []
-    for name, worker_env in list(contestants):
+    for name, worker_env in list(contestants):  # the default set's (named ones were checked)
         why = _capped_out(name, mixed_precision, backend)
         if why is None:
             continue
-        if (only and name in only) or mixed_precision == "bf16":
-            raise ConfigError(f"{why}: leave it out, or unset {cpu.isa_cap()[0]}")
         log(f"skipping {name}: {why}")
         skipped.append(name)
         contestants.remove((name, worker_env))
