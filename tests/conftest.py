@@ -1,8 +1,11 @@
 """Shared fixtures: the real ImageNet weights and photos, the command line in process."""
 
+import fcntl
 import os
 import pathlib
 import platform
+import shutil
+import tempfile
 
 import pytest
 
@@ -49,6 +52,80 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         slow[_group(item)] = slow.get(_group(item), 0) + bool(item.get_closest_marker("slow"))
     items.sort(key=lambda item: (rank.get(_group(item), len(rank)), -slow[_group(item)]))
+
+
+# A folder shared by every pytest process of one run: the controller makes it
+# (or a run without workers does), and its workers and the pytest runs that
+# tests start (tests/test_onednn_rerun.py) inherit the variable. What
+# `computed_once` keeps there is computed by the first process that asks.
+SHARED_VARIABLE = "KERAS_XCEPTION_TEST_SHARED"
+
+
+def pytest_configure(config):
+    if not os.environ.get(SHARED_VARIABLE):
+        config.shared_folder = tempfile.mkdtemp(prefix="kx-tests-")
+        os.environ[SHARED_VARIABLE] = config.shared_folder
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "shared_folder", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(SHARED_VARIABLE, None)
+
+
+def _package_variables():
+    return {k: v for k, v in os.environ.items()
+            if k.startswith("KERAS_") and k != SHARED_VARIABLE}
+
+
+_AT_START = _package_variables()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_leaves_the_environment_as_it_found_it():
+    """A module's fixtures may set KERAS_... variables (the cache, offline,
+    the backend) for its tests, never for the modules that run after it in
+    the same process (a session-scoped fixture's `setenv` would). TF_...
+    variables are the process's own settings, made once before TensorFlow
+    starts (`keras_xception.tfenv`), as the command line makes them."""
+    yield
+    after = _package_variables()
+    if after != _AT_START:
+        changed = sorted(k for k in _AT_START.keys() | after.keys()
+                         if _AT_START.get(k) != after.get(k))
+        pytest.fail(f"the variables {changed} are not as they were when the session "
+                    "started: a fixture set them for the rest of the session")
+
+
+@pytest.fixture(scope="session")
+def computed_once():
+    """`computed_once(name, write)`: the path `name` that `write(path)` wrote,
+    in the folder this run's pytest processes share.
+
+    The first process to ask writes it (to a temporary name, then renamed);
+    the others wait for it and get the same file. For what no TensorFlow
+    kernel computes, or whose kernel is not what the test checks (a model
+    exported to another runtime, maps computed under JAX), so that the
+    oneDNN rerun compares TensorFlow in its other state with the very same
+    file instead of producing it a second time.
+    """
+    folder = pathlib.Path(os.environ[SHARED_VARIABLE])
+
+    def get(name, write):
+        path = folder / name
+        with open(folder / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                parts = folder / f"{name}.part"  # What a failed write left goes.
+                shutil.rmtree(parts, ignore_errors=True)
+                parts.mkdir()
+                write(parts / name)  # Under its own name: a writer may check it.
+                os.replace(parts / name, path)
+                parts.rmdir()
+        return path
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
-"""`keras-xception` for the docs test: each command runs in one warm process per page.
+"""`keras-xception` for the docs test: each command runs in one warm process.
 
 A command in the docs is what a user types in a shell, pipes and redirections
 included, so the docs test runs each block in bash. Starting Python and
 TensorFlow takes about 6 s of the ~10 s a short command takes on 2 CPUs, and
 the docs hold some 30 commands; so `keras-xception` on the blocks' PATH is
 `SHIM`, a few lines of standard-library Python that hand the command to
-`CommandServer`, a process that has imported TensorFlow once for the page:
+`CommandServer`, a process that has imported TensorFlow once for the pages
+one pytest process runs (tests/test_docs.py, `page_processes`):
 
 - the shim sends its arguments, its working folder and its environment, with
   its standard input, output and error themselves (file descriptors, over a
@@ -17,7 +18,8 @@ the docs hold some 30 commands; so `keras-xception` on the blocks' PATH is
   (`KERAS_BACKEND=jax keras-xception ...`, a `TF_...` variable), replaces the
   shim with the installed `keras-xception` (the next one on PATH), as does
   every command when no server is running;
-- the server ends when the test that started it goes (its stdin closes).
+- the server ends when the pytest process that started it goes (its stdin
+  closes).
 
 What only a fresh process shows (start-up lines, the oneDNN a command turns
 on, signals, exit at a closed stdout) is tested with real processes elsewhere
@@ -181,7 +183,7 @@ def serve(path) -> None:
 
 
 class CommandServer:
-    """The server process for one page; `env` gets the variable the shim reads."""
+    """The server process; `env` gets the variable the shim reads."""
 
     def __init__(self, env, log_path, timeout=120):
         self.folder = tempfile.mkdtemp(prefix="kx-cli-")  # A short socket path.

@@ -2,8 +2,9 @@
 
 One test per block (docs/development.md, "How the docs are tested"):
 
-- ```python blocks run in order as cells of one Python process per page,
-  like a notebook;
+- ```python blocks run in order as cells of one namespace per page, like a
+  notebook (one Python process per pytest process, given a fresh namespace,
+  working folder and Keras session for each page, as a kernel restart would);
 - ```bash blocks run with `bash -e -o pipefail` and must succeed;
 - ```console blocks: each `$ command` runs in bash, must exit 0, and its
   stdout must match the lines shown under it (a percentage within 0.5
@@ -265,9 +266,18 @@ def _workspace(folder: pathlib.Path) -> pathlib.Path:
 KERNEL = '''\
 import contextlib, io, json, os, sys, traceback
 results = os.fdopen(int(sys.argv[1]), "w")
-namespace = {"__name__": "__main__"}
+namespace = None
 for line in sys.stdin:
-    path = line.strip()
+    command, path = line.rstrip("\\n").split(" ", 1)
+    if command == "page":  # A new page: a fresh namespace, in its folder.
+        namespace = {"__name__": "__main__"}
+        os.chdir(path)
+        if "keras" in sys.modules:  # What an earlier page left in Keras.
+            import keras
+            keras.backend.clear_session()
+            keras.config.set_dtype_policy("float32")
+            keras.config.set_image_data_format("channels_last")
+        continue
     out = io.StringIO()
     error = None
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -282,21 +292,31 @@ for line in sys.stdin:
 
 
 class Kernel:
-    """One Python process that runs a page's cells in order, in one namespace."""
+    """One Python process that runs a page's cells in order, in one namespace.
 
-    def __init__(self, cwd, env):
+    The pages a pytest worker runs share it: `page` gives the next page a
+    fresh namespace and working folder (and resets Keras's session, dtype
+    policy and image format), as a notebook's restart would, without
+    starting Python and TensorFlow again.
+    """
+
+    def __init__(self, env, log_path):
         read, write = os.pipe()
-        self.log = open(cwd / ".kernel.log", "w")
+        self.log = open(log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", KERNEL, str(write)], cwd=cwd, env=env,
+            [sys.executable, "-c", KERNEL, str(write)], env=env,
             stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, text=True,
             pass_fds=(write,),
         )
         os.close(write)
         self.results = os.fdopen(read)
 
+    def page(self, cwd):
+        self.process.stdin.write(f"page {cwd}\n")
+        self.process.stdin.flush()
+
     def run(self, path) -> dict:
-        self.process.stdin.write(f"{path}\n")
+        self.process.stdin.write(f"cell {path}\n")
         self.process.stdin.flush()
         line = self.results.readline()
         if not line:
@@ -343,7 +363,37 @@ def _run_block(block, cwd, env, kernel) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def page_results(docs_env, tmp_path_factory):
+def page_processes(docs_env, tmp_path_factory):
+    """`get("server")` and `get("kernel")`: the command server (tests/docs_cli.py)
+    and the Python kernel, each started when a page first needs it and shared
+    by the pages this pytest process runs. Their logs are in one folder."""
+    logs = tmp_path_factory.mktemp("docs_processes")
+    held = {}
+
+    def get(kind):
+        if kind not in held or held[kind].process.poll() is not None:  # Or it died.
+            if kind == "server":
+                held[kind] = docs_cli.CommandServer(docs_env, logs / "commands.log")
+            else:
+                held[kind] = Kernel(docs_env, logs / "kernel.log")
+        return held[kind]
+
+    try:
+        yield get
+    finally:
+        for process in held.values():
+            process.close()
+
+
+def _needs_server(block) -> bool:
+    """Whether `block` runs a `keras-xception` command the server would run."""
+    own = "|".join(docs_cli.OWN_PROCESS)
+    return block.language != "python" and bool(
+        re.search(rf"\bkeras-xception\b(?!\s+(?:{own})\b)", block.code))
+
+
+@pytest.fixture(scope="session")
+def page_results(docs_env, page_processes, tmp_path_factory):
     """`results(page)`: each block's failure (or None), running the page once."""
     done = {}
 
@@ -351,27 +401,18 @@ def page_results(docs_env, tmp_path_factory):
         if page not in done:
             cwd = _workspace(tmp_path_factory.mktemp("page"))
             blocks = [block for block in parse(page) if block.not_run is None]
-            server = env = None
-            if any("keras-xception" in block.code for block in blocks):
-                server = docs_cli.CommandServer(docs_env, cwd / ".commands.log")
-                env = server.env
-            kernels = []
+            env = (page_processes("server").env if any(map(_needs_server, blocks))
+                   else docs_env)
+            started = []
 
             def kernel():
-                if not kernels:
-                    kernels.append(Kernel(cwd, env or docs_env))
-                return kernels[0]
+                if not started:
+                    started.append(page_processes("kernel"))
+                    started[0].page(cwd)
+                return started[0]
 
-            outcome = {}
-            try:
-                for block in blocks:
-                    outcome[block.index] = _run_block(block, cwd, env or docs_env, kernel)
-            finally:
-                for k in kernels:
-                    k.close()
-                if server is not None:
-                    server.close()
-            done[page] = outcome
+            done[page] = {block.index: _run_block(block, cwd, env, kernel)
+                          for block in blocks}
         return done[page]
 
     return results

@@ -95,10 +95,12 @@ def test_imagenet_offline_without_cached_weights_says_what_to_do(tmp_path, keras
 
 @pytest.mark.slow
 @pytest.mark.numerics
-def test_onnx_matches(features, photos, tmp_path):
+def test_onnx_matches(features, photos, computed_once):
     import onnxruntime
 
-    path = export(optimize_for_inference(features), tmp_path / "x.onnx", "onnx")
+    # Exported once per run: the oneDNN rerun runs the same file.
+    path = computed_once("xception_notop.onnx", lambda path: export(
+        optimize_for_inference(features), path, "onnx"))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     got = session.run(None, {name: photos})[0]
@@ -108,7 +110,7 @@ def test_onnx_matches(features, photos, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.numerics
-def test_litert_matches(imagenet_notop_arrays, photos, tmp_path):
+def test_litert_matches(imagenet_notop_arrays, photos, computed_once):
     from ai_edge_litert.interpreter import Interpreter
 
     from keras_xception.architecture import weight_layout
@@ -118,7 +120,9 @@ def test_litert_matches(imagenet_notop_arrays, photos, tmp_path):
                      pooling="avg")
     for entry, values in zip(weight_layout(False), imagenet_notop_arrays):
         model.get_layer(entry.name).set_weights(values)
-    path = export(optimize_for_inference(model), tmp_path / "x.tflite", "litert")
+    # Exported once per run: the oneDNN rerun runs the same file.
+    path = computed_once("xception_notop.tflite", lambda path: export(
+        optimize_for_inference(model), path, "litert"))
     interpreter = Interpreter(model_path=str(path))
     expected = model.predict(photos, verbose=0)
     got = []

@@ -22,9 +22,10 @@ from keras_xception.preprocessing import preprocess_input
 from tests import realweights
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def int8_home(tmp_path_factory):
-    """A Keras cache for this module's quantized models, set for the session."""
+    """A Keras cache for this module's quantized models, set for this module's
+    tests only (the variables go back after its last test)."""
     home = tmp_path_factory.mktemp("int8_keras_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KERAS_HOME", str(home))
@@ -46,9 +47,9 @@ def photo_sets(kitchen_photos, tmp_path_factory):
     return calibration, held_out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def int8_kitchen(int8_home, kitchen_model, photo_sets):
-    """The kitchenware classifier in int8, quantized once for the session."""
+    """The kitchenware classifier in int8, quantized once for this module."""
     calibration, held_out = photo_sets
     before = quantize.quantized_count
     model = optimize_for_inference(kitchen_model, "int8", calibration=calibration,
