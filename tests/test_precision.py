@@ -233,26 +233,33 @@ def imagenet_features(imagenet_notop_arrays):
     return model
 
 
+@pytest.fixture(scope="module")
+def float32_answers(imagenet_features, kitchen_batch, kitchen_photos, kitchen_model):
+    """Keras's float32 features of the 18 photos, and the kitchen classifier's
+    inputs (at its 150x150) and float32 scores: one reference for every runtime."""
+    features = imagenet_features.predict(kitchen_batch, batch_size=6, verbose=0)
+    size = tuple(kitchen_model.inputs[0].shape[1:3])
+    photos = np.stack([preprocess_input(load_image(p, target_size=size))
+                       for p in kitchen_photos])
+    return features, photos, kitchen_model.predict(photos, batch_size=6, verbose=0)
+
+
 @pytest.mark.slow
 @pytest.mark.numerics
 @pytest.mark.parametrize("runtime", available_runtimes())
 def test_bf16_features_and_kitchen_head_stay_close(runtime, imagenet_features,
-                                                   kitchen_batch, kitchen_photos,
-                                                   kitchen_model):
+                                                   kitchen_batch, kitchen_model,
+                                                   float32_answers):
     """bf16 vs float32 on 18 photos: features cos >= 0.998, head agrees 18/18."""
-    expected = imagenet_features.predict(kitchen_batch, batch_size=6, verbose=0)
+    expected, photos, head = float32_answers
     got = optimize_for_inference(imagenet_features, "bfloat16",
                                  runtime=runtime).predict(kitchen_batch, batch_size=6)
     assert got.shape == (18, 2048) and got.dtype == np.float32
     assert cosines(got, expected).min() >= guard.THRESHOLD
     # The fine-tuned classifier: Xception nested in it, a small head after.
     kitchen = kitchen_model
-    size = tuple(kitchen.inputs[0].shape[1:3])  # the classifier's 150x150
-    photos = np.stack([preprocess_input(load_image(p, target_size=size))
-                       for p in kitchen_photos])
     weights = [w.copy() for w in kitchen.get_weights()]
     fast = optimize_for_inference(kitchen, "bfloat16", runtime=runtime)
-    head = kitchen.predict(photos, batch_size=6, verbose=0)
     got = fast.predict(photos, batch_size=6)
     assert got.shape == head.shape and got.dtype == np.float32
     np.testing.assert_array_equal(got.argmax(-1), head.argmax(-1))
