@@ -6,6 +6,7 @@ import pathlib
 import platform
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -94,6 +95,11 @@ def module_leaves_the_environment_as_it_found_it():
     if after != _AT_START:
         changed = sorted(k for k in _AT_START.keys() | after.keys()
                          if _AT_START.get(k) != after.get(k))
+        for name in changed:  # Put back, so that only this module fails.
+            if name in _AT_START:
+                os.environ[name] = _AT_START[name]
+            else:
+                del os.environ[name]
         pytest.fail(f"the variables {changed} are not as they were when the session "
                     "started: a fixture set them for the rest of the session")
 
@@ -111,11 +117,21 @@ def computed_once():
     file instead of producing it a second time.
     """
     folder = pathlib.Path(os.environ[SHARED_VARIABLE])
+    folder.mkdir(parents=True, exist_ok=True)
 
-    def get(name, write):
+    def get(name, write, timeout=900):
         path = folder / name
         with open(folder / f"{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            while True:  # Another process may be writing it: wait, bounded.
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"{name}: another pytest process of this run has "
+                                    f"been writing it for over {timeout} s")
+                    time.sleep(0.2)
             if not path.exists():
                 parts = folder / f"{name}.part"  # What a failed write left goes.
                 shutil.rmtree(parts, ignore_errors=True)

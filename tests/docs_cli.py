@@ -48,7 +48,7 @@ SOCKET_VARIABLE = "KERAS_XCEPTION_DOCS_CLI"
 
 SHIM = '''\
 #!{python} -IS
-"""keras-xception for tests/test_docs.py: runs in the page's CommandServer (tests/docs_cli.py)."""
+"""keras-xception for tests/test_docs.py: runs in the CommandServer (tests/docs_cli.py)."""
 import json, os, socket, struct, sys
 
 argv = sys.argv[1:]

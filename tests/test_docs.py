@@ -3,8 +3,8 @@
 One test per block (docs/development.md, "How the docs are tested"):
 
 - ```python blocks run in order as cells of one namespace per page, like a
-  notebook (one Python process per pytest process, given a fresh namespace,
-  working folder and Keras session for each page, as a kernel restart would);
+  notebook (one Python process per pytest process, which gives each page
+  what a new process would: `Kernel`);
 - ```bash blocks run with `bash -e -o pipefail` and must succeed;
 - ```console blocks: each `$ command` runs in bash, must exit 0, and its
   stdout must match the lines shown under it (a percentage within 0.5
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -221,7 +222,7 @@ def docs_env(tmp_path_factory, imagenet_notop_arrays, pytestconfig):
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                                 "KERAS_XCEPTION_OFFLINE", "KERAS_XCEPTION_WEIGHTS_URL",
-                                "KERAS_BACKEND")}
+                                "KERAS_BACKEND", "KERAS_XCEPTION_TEST_SHARED")}
     env.update(
         KERAS_HOME=str(home),
         KERAS_XCEPTION_WEIGHTS_URL=server.base,
@@ -264,19 +265,50 @@ def _workspace(folder: pathlib.Path) -> pathlib.Path:
 # --- running a page ----------------------------------------------------------------
 
 KERNEL = '''\
-import contextlib, io, json, os, sys, traceback
+import contextlib, io, json, os, random, sys, traceback, warnings
 results = os.fdopen(int(sys.argv[1]), "w")
-namespace = None
+ENVIRON, PATH, FILTERS = dict(os.environ), list(sys.path), list(warnings.filters)
+namespace, folder = None, None
+
+
+def restart(new_folder):
+    """What a new Python process would give the next page, short of
+    importing TensorFlow and Keras again."""
+    global namespace, folder
+    os.environ.clear()
+    os.environ.update(ENVIRON)
+    sys.path[:] = PATH
+    warnings.filters[:] = FILTERS
+    # This package and the tests afresh (their caches, their globals), and
+    # any module a page wrote in its own folder.
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        if (name.split(".")[0] in ("keras_xception", "tests")
+                or folder and path.startswith(folder + os.sep)):
+            del sys.modules[name]
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    if "keras" in sys.modules:
+        import keras
+        keras.backend.clear_session()
+        keras.config.set_dtype_policy("float32")
+        keras.config.set_floatx("float32")
+        keras.config.set_epsilon(1e-7)
+        keras.config.set_image_data_format("channels_last")
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(None)
+    if "sitecustomize" in sys.modules:  # As a new process starts: it runs again.
+        import importlib
+        importlib.reload(sys.modules["sitecustomize"])
+    namespace, folder = {"__name__": "__main__"}, new_folder
+    os.chdir(folder)
+
+
 for line in sys.stdin:
     command, path = line.rstrip("\\n").split(" ", 1)
-    if command == "page":  # A new page: a fresh namespace, in its folder.
-        namespace = {"__name__": "__main__"}
-        os.chdir(path)
-        if "keras" in sys.modules:  # What an earlier page left in Keras.
-            import keras
-            keras.backend.clear_session()
-            keras.config.set_dtype_policy("float32")
-            keras.config.set_image_data_format("channels_last")
+    if command == "page":
+        restart(path)
         continue
     out = io.StringIO()
     error = None
@@ -294,9 +326,11 @@ for line in sys.stdin:
 class Kernel:
     """One Python process that runs a page's cells in order, in one namespace.
 
-    The pages a pytest worker runs share it: `page` gives the next page a
-    fresh namespace and working folder (and resets Keras's session, dtype
-    policy and image format), as a notebook's restart would, without
+    The pages a pytest worker runs share it: `page` gives the next page what
+    a new process would (`restart` in KERNEL: a fresh namespace, working
+    folder, environment, `sys.path` and warning filters; this package and
+    the tests imported afresh; Keras's session, dtype policy, floatx,
+    epsilon and image format reset; random seeds drawn afresh), without
     starting Python and TensorFlow again.
     """
 
@@ -311,14 +345,19 @@ class Kernel:
         os.close(write)
         self.results = os.fdopen(read)
 
+    def _send(self, line) -> bool:
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+            return True
+        except OSError:  # It has ended (BrokenPipeError).
+            return False
+
     def page(self, cwd):
-        self.process.stdin.write(f"page {cwd}\n")
-        self.process.stdin.flush()
+        self._send(f"page {cwd}")
 
     def run(self, path) -> dict:
-        self.process.stdin.write(f"cell {path}\n")
-        self.process.stdin.flush()
-        line = self.results.readline()
+        line = self.results.readline() if self._send(f"cell {path}") else ""
         if not line:
             self.log.flush()
             return {"output": "", "error": "the Python process ended: see "
@@ -326,8 +365,16 @@ class Kernel:
         return json.loads(line)
 
     def close(self):
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.results.close()
         self.log.close()
 
 
@@ -368,21 +415,25 @@ def page_processes(docs_env, tmp_path_factory):
     and the Python kernel, each started when a page first needs it and shared
     by the pages this pytest process runs. Their logs are in one folder."""
     logs = tmp_path_factory.mktemp("docs_processes")
-    held = {}
+    held, ended, numbers = {}, [], itertools.count(1)
 
     def get(kind):
-        if kind not in held or held[kind].process.poll() is not None:  # Or it died.
-            if kind == "server":
-                held[kind] = docs_cli.CommandServer(docs_env, logs / "commands.log")
-            else:
-                held[kind] = Kernel(docs_env, logs / "kernel.log")
+        if kind in held and held[kind].process.poll() is not None:  # It died:
+            ended.append(held.pop(kind))  # its log stays, a new one starts.
+        if kind not in held:
+            log = logs / f"{kind}-{next(numbers)}.log"
+            held[kind] = (docs_cli.CommandServer(docs_env, log) if kind == "server"
+                          else Kernel(docs_env, log))
         return held[kind]
 
     try:
         yield get
     finally:
-        for process in held.values():
-            process.close()
+        for process in [*held.values(), *ended]:
+            try:
+                process.close()
+            except Exception:  # noqa: BLE001 - close the others all the same
+                pass
 
 
 def _needs_server(block) -> bool:
