@@ -13,7 +13,8 @@ one pytest process runs (tests/test_docs.py, `page_processes`):
   Unix socket), so a redirection or a pipe works as it would;
 - the server runs `keras_xception.cli.main` on them in its main thread, with
   that folder as its working folder, and replies with the exit status, which
-  the shim exits with; between two commands it clears Keras's session;
+  the shim exits with; after each command it resets Keras's globals and the
+  random seeds as a new process has them (`fresh_globals`);
 - `serve`, and any command run with an environment other than the server's
   (`KERAS_BACKEND=jax keras-xception ...`, a `TF_...` variable), replaces the
   shim with the installed `keras-xception` (the next one on PATH), as does
@@ -111,8 +112,6 @@ def _run(argv, cwd, fds) -> int:
     import io
     import traceback
 
-    import keras
-
     from tests import commandline
 
     streams = [io.TextIOWrapper(io.FileIO(fds[0], "r"), encoding="utf-8"),
@@ -137,8 +136,31 @@ def _run(argv, cwd, fds) -> int:
                 stream.close()
             except OSError:  # A reader that has gone (`| head`).
                 pass
-        keras.backend.clear_session()  # A fresh process's names, and memory.
+        fresh_globals()
+
+
+def fresh_globals() -> None:
+    """Keras's global state and the random seeds as a new process has them.
+
+    An empty Keras session (names, memory), float32 dtype policy and floatx,
+    the default epsilon and image format; no TensorFlow global seed; Python's
+    and NumPy's generators seeded afresh. The command server calls it after
+    each command, the docs test's Python process before each page.
+    """
+    import random
+
+    keras = sys.modules.get("keras")  # What is not imported is as new.
+    if keras is not None:
+        keras.backend.clear_session()
         keras.config.set_dtype_policy("float32")
+        keras.config.set_floatx("float32")
+        keras.config.set_epsilon(1e-7)
+        keras.config.set_image_data_format("channels_last")
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(None)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    random.seed()
 
 
 def serve(path) -> None:

@@ -265,7 +265,7 @@ def _workspace(folder: pathlib.Path) -> pathlib.Path:
 # --- running a page ----------------------------------------------------------------
 
 KERNEL = '''\
-import contextlib, io, json, os, random, sys, traceback, warnings
+import contextlib, io, json, os, sys, traceback, warnings
 results = os.fdopen(int(sys.argv[1]), "w")
 ENVIRON, PATH, FILTERS = dict(os.environ), list(sys.path), list(warnings.filters)
 namespace, folder = None, None
@@ -286,18 +286,8 @@ def restart(new_folder):
         if (name.split(".")[0] in ("keras_xception", "tests")
                 or folder and path.startswith(folder + os.sep)):
             del sys.modules[name]
-    random.seed()
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed()
-    if "keras" in sys.modules:
-        import keras
-        keras.backend.clear_session()
-        keras.config.set_dtype_policy("float32")
-        keras.config.set_floatx("float32")
-        keras.config.set_epsilon(1e-7)
-        keras.config.set_image_data_format("channels_last")
-    if "tensorflow" in sys.modules:
-        sys.modules["tensorflow"].random.set_seed(None)
+    from tests.docs_cli import fresh_globals
+    fresh_globals()
     if "sitecustomize" in sys.modules:  # As a new process starts: it runs again.
         import importlib
         importlib.reload(sys.modules["sitecustomize"])
@@ -329,9 +319,9 @@ class Kernel:
     The pages a pytest worker runs share it: `page` gives the next page what
     a new process would (`restart` in KERNEL: a fresh namespace, working
     folder, environment, `sys.path` and warning filters; this package and
-    the tests imported afresh; Keras's session, dtype policy, floatx,
-    epsilon and image format reset; random seeds drawn afresh), without
-    starting Python and TensorFlow again.
+    the tests imported afresh; Keras's globals and the random seeds as
+    `docs_cli.fresh_globals` leaves them), without starting Python and
+    TensorFlow again.
     """
 
     def __init__(self, env, log_path):
