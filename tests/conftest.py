@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from tests import commandline, realweights
+from keras_xception import tfenv
+
+# As in the command line: Keras and TensorFlow, imported by the test modules,
+# load with Python's garbage collector paused, and it skips their objects
+# afterwards (keras_xception.tfenv).
+tfenv.install()
+
+from tests import commandline, realweights  # noqa: E402
 
 # How the suite runs in parallel (setup.cfg: `-n auto --dist loadgroup`).
 # Each module is one unit of work, so a module's fixtures (a server, a Ray

@@ -2,6 +2,8 @@
 
 import argparse
 import errno
+import gc
+import json
 import os
 import signal
 import subprocess
@@ -149,6 +151,50 @@ START_UP = [
 def test_line_filter_follows_the_log_level_and_shows_each_message_once(level, shown):
     keep = tfenv.LineFilter(level)
     assert [i for i, line in enumerate(START_UP) if keep(line)] == shown
+
+
+# Run in a fresh Python: records each collection while Keras is first imported.
+FIRST_IMPORT = """
+import gc, json, sys
+from keras_xception import tfenv
+if sys.argv[1] == "off":
+    gc.disable()
+runs = []
+gc.callbacks.append(lambda phase, info: phase == "start" and runs.append(info))
+tfenv.install()
+import keras
+during = len(runs)
+gc.collect()
+print(json.dumps({"during": during, "after": len(runs) - during,
+                  "enabled": gc.isenabled(), "frozen": gc.get_freeze_count(),
+                  "tensorflow": "tensorflow" in sys.modules,
+                  "watching": any(f is tfenv._finder for f in sys.meta_path)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("collector", ["on", "off"])
+def test_keras_is_first_imported_without_a_collection_and_then_skipped(collector):
+    """The collector is paused while Keras (and TensorFlow, through it) is
+    imported, left as it was, and skips those objects from then on."""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", FIRST_IMPORT, collector], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["tensorflow"] and not seen["watching"]
+    assert seen["during"] == 0
+    assert seen["after"] == 1  # The explicit gc.collect(): callbacks were live.
+    assert seen["enabled"] is (collector == "on")
+    assert seen["frozen"] > 100_000  # TensorFlow's and Keras's modules alone
+
+
+def test_a_failing_import_turns_the_collector_back_on():
+    with pytest.raises(ImportError):
+        with tfenv.collector_paused():
+            assert not gc.isenabled()
+            raise ImportError("no such module")
+    assert gc.isenabled()
 
 
 def test_filtered_stderr_passes_other_lines_through(capfd):

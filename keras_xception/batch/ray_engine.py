@@ -120,7 +120,10 @@ class ShardWorker:
     def __init__(self, spec, output, batch_size, max_pixels):
         import ray
 
+        from keras_xception import tfenv
         from keras_xception.batch.models import Predictor
+
+        tfenv.install()  # This worker's first import of Keras, as the command line's.
 
         self.spec, self.output = spec, output
         self.batch_size, self.max_pixels = batch_size, max_pixels

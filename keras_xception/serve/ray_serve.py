@@ -115,7 +115,10 @@ def deployment():
         """One replica: a `Service`, a `RayBatcher` over `predict_one`, the app."""
 
         def __init__(self, source, settings, precision, max_pixels):
+            from keras_xception import tfenv
             from keras_xception.serve.service import Service
+
+            tfenv.install()  # This replica's first import of Keras, as the command line's.
 
             self.settings = settings
             self.service = Service(source, precision=precision, max_pixels=max_pixels)
