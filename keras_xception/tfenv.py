@@ -28,10 +28,11 @@ Python's garbage collector: importing Keras and TensorFlow makes about
 450,000 objects that live as long as the process, and the cyclic collector
 goes over the growing heap again and again while they are made. `install`
 also pauses the collector for the first import of each, then freezes what
-exists (`gc.freeze`: later collections skip it). On the 2-vCPU Xeon of
-docs/benchmarks.md this takes 0.6 s of CPU off each process's start (about
-4.9 s to 4.3 s for importing Keras and building and running a small
-Xception).
+exists (`gc.freeze`: later collections skip it). Importing Keras and
+building and running a small Xception then takes about 4.2 s of CPU instead
+of 4.9 s (docs/benchmarks.md, "Start-up and checks"). It is meant for a
+process's start, as the command line and its workers call it: whatever
+exists when the import ends is frozen with it.
 """
 
 from __future__ import annotations
