@@ -2,7 +2,8 @@
 
 `configure` sets TensorFlow's environment before anything imports it;
 `install` makes its first import quiet. The command line and the
-benchmark's worker processes both use them.
+benchmark's worker processes both use them; the Ray actors and the test
+processes call `install` too.
 
 TensorFlow: importing TensorFlow 2.21 writes, straight to file descriptor 2:
 
@@ -25,14 +26,18 @@ already shown). Everything else, Python's own messages and tracebacks
 included, passes through unchanged; stdout is never touched.
 
 Python's garbage collector: importing Keras and TensorFlow makes about
-450,000 objects that live as long as the process, and the cyclic collector
+750,000 objects that live as long as the process, and the cyclic collector
 goes over the growing heap again and again while they are made. `install`
-also pauses the collector for the first import of each, then freezes what
-exists (`gc.freeze`: later collections skip it). Importing Keras and
-building and running a small Xception then takes about 4.2 s of CPU instead
-of 4.9 s (docs/benchmarks.md, "Start-up and checks"). It is meant for a
-process's start, as the command line and its workers call it: whatever
-exists when the import ends is frozen with it.
+also pauses the collector for the first of these imports (TensorFlow's
+inside Keras's, or Keras's after TensorFlow's), then freezes what exists
+(`gc.freeze`: later collections skip it). Importing Keras and building and
+running a small Xception then takes about 4.2 s of CPU instead of 4.9 s
+(docs/benchmarks.md, "Start-up and checks"). It is meant for a process's
+start, as the command line, the benchmark's workers and the Ray actors call
+it: whatever exists when that import ends is frozen with it, unreachable
+cycles included (a few thousand objects at start-up), and is never
+collected. An import of TensorFlow after Keras's (under another backend) is
+made quiet, not paused.
 """
 
 from __future__ import annotations
@@ -176,32 +181,43 @@ _WATCHED = ("keras", "tensorflow")
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
-    """Runs the first import of `keras` and of `tensorflow` inside
-    `collector_paused`, and TensorFlow's inside `filtered_stderr` too."""
+    """Runs the first import of `tensorflow` inside `filtered_stderr`, and
+    the first of the watched imports inside `collector_paused`.
+
+    A module stays watched until it is imported: a spec asked for without
+    an import (`importlib.util.find_spec`) is wrapped, and thrown away.
+    """
 
     def __init__(self):
         self.pending = set()
+        self.paused_once = False  # Once a process: what exists then is frozen.
+        self._finding = set()
 
     def find_spec(self, name, path=None, target=None):
-        if name not in self.pending:
+        if name not in self.pending or name in self._finding:
             return None
-        self.pending.discard(name)
-        if not self.pending:
-            uninstall()
-        spec = importlib.util.find_spec(name)  # Not this finder's again: done.
+        self._finding.add(name)
+        try:
+            spec = importlib.util.find_spec(name)  # The finders after this one.
+        finally:
+            self._finding.discard(name)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
-        if name == "tensorflow":
-            keep = LineFilter(min_log_level())
+        keep = LineFilter(min_log_level()) if name == "tensorflow" else None
 
-            def watched_exec_module(module):
-                with filtered_stderr(keep), collector_paused():
-                    exec_module(module)
-        else:
-            def watched_exec_module(module):
-                with collector_paused():
-                    exec_module(module)
+        def watched_exec_module(module):
+            self.pending.discard(name)
+            if not self.pending:
+                uninstall()
+            pause = not self.paused_once
+            self.paused_once = True
+            with contextlib.ExitStack() as stack:
+                if keep is not None:
+                    stack.enter_context(filtered_stderr(keep))
+                if pause:
+                    stack.enter_context(collector_paused())
+                exec_module(module)
 
         spec.loader.exec_module = watched_exec_module
         return spec
@@ -211,8 +227,8 @@ _finder = _QuietImport()
 
 
 def install() -> None:
-    """Makes the next first import of TensorFlow quiet, and that of Keras and
-    of TensorFlow quick (see the module doc).
+    """Makes the first import of TensorFlow quiet, and the first import of
+    Keras or TensorFlow quick (see the module doc).
 
     Does nothing for a module imported already.
     """
