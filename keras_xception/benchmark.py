@@ -234,6 +234,7 @@ def _worker(config):
     if policy:
         keras.config.set_dtype_policy(policy)
     compute_dtype = keras.config.dtype_policy().compute_dtype
+    from keras_xception.flops import count_flops
     from keras_xception.inference.guard import min_cosine
     from keras_xception.model import Xception
 
@@ -271,7 +272,8 @@ def _worker(config):
     if keras.backend.backend() == "tensorflow" and not cpu.avx2_cap():
         bf16_gemm = _matmul_rate(config["sgemm_size"], "bfloat16", repeats=1)
     print(json.dumps({"ready": True, "onednn": onednn_enabled(), **info,
-                      "sgemm_bf16": bf16_gemm}), flush=True)
+                      "sgemm_bf16": bf16_gemm,
+                      "gflop": count_flops(model).flops / 1e9}), flush=True)
 
     for line in sys.stdin:
         if line.strip() != "round":
@@ -498,13 +500,7 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
     _check_request(only, weights, mixed_precision)
     import keras
 
-    from keras_xception.flops import count_flops
-    from keras_xception.model import Xception
-
     log = log or (lambda message: None)
-    size = architecture.DEFAULT_SIZE
-    gflop = count_flops(Xception(weights=None, include_top=False, pooling="avg",
-                                 input_shape=(size, size, 3))).flops / 1e9
     backend = keras.backend.backend()
     env = dict(os.environ)
     config = {"batch_size": batch_size, "mixed_precision": mixed_precision,
@@ -557,6 +553,8 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             worker.round()
     log("stopping the workers ...")
     finals = {worker.contestant: worker.finish() for worker in workers}
+    # Counted on the model the `fast` worker built (the parent builds none).
+    gflop = next(w.ready["gflop"] for w in workers if w.contestant == "fast")
 
     results = {}
     for worker in workers:

@@ -38,6 +38,19 @@ it: whatever exists when that import ends is frozen with it, unreachable
 cycles included (a few thousand objects at start-up), and is never
 collected. An import of TensorFlow after Keras's (under another backend) is
 made quiet, not paused.
+
+Optional packages: during that same first import, Keras and TensorFlow
+import, when they are installed, packages for features this package's
+processes never use: scikit-learn (Keras's scikit-learn wrappers), pandas
+(DataFrames as `fit` and `predict` inputs), IPython (the saving editor's
+notebook display), SciPy (sparse inputs to TensorFlow's legacy Keras) and,
+unless it is the Keras backend, JAX (the TFLite converter's JAX path and a
+patch for Orbax checkpoints). They are about 1.5 s of the 3.4 s of CPU that
+importing Keras takes. `install` hides them (`_HIDDEN`) from that import,
+on its own thread, and only then: Keras and TensorFlow import each of them
+inside a `try` and leave that feature off in this process, and a later
+`import pandas` (or any of them) works as usual. A package imported before
+Keras is not hidden from it.
 """
 
 from __future__ import annotations
@@ -179,10 +192,19 @@ def collector_paused():
 # The modules whose first import `install` watches.
 _WATCHED = ("keras", "tensorflow")
 
+# Hidden from the first watched import (see the module doc), by the backend
+# Keras runs; "tensorflow" also for TensorFlow imported before Keras. JAX
+# imports SciPy itself, unguarded.
+_HIDDEN = {
+    "tensorflow": frozenset({"sklearn", "pandas", "IPython", "scipy", "jax"}),
+    "jax": frozenset({"sklearn", "pandas", "IPython"}),
+}
+
 
 class _QuietImport(importlib.abc.MetaPathFinder):
     """Runs the first import of `tensorflow` inside `filtered_stderr`, and
-    the first of the watched imports inside `collector_paused`.
+    the first of the watched imports inside `collector_paused`, with the
+    `_HIDDEN` packages not found.
 
     A module stays watched until it is imported: a spec asked for without
     an import (`importlib.util.find_spec`) is wrapped, and thrown away.
@@ -191,9 +213,26 @@ class _QuietImport(importlib.abc.MetaPathFinder):
     def __init__(self):
         self.pending = set()
         self.paused_once = False  # Once a process: what exists then is frozen.
+        self.running = []  # The watched imports under way, outermost first.
+        self.hiding = None  # The thread of the first (paused) one, while it runs.
         self._finding = set()
 
+    def _hides(self, name):
+        if self.hiding != threading.get_ident():
+            return False
+        # Keras reads its backend before it imports anything else.
+        config = sys.modules.get("keras.src.backend.config")
+        if config is not None and hasattr(config, "backend"):
+            backend = config.backend()
+        else:
+            backend = "tensorflow" if self.running == ["tensorflow"] else None
+        return name in _HIDDEN.get(backend, ())
+
     def find_spec(self, name, path=None, target=None):
+        if self._hides(name):
+            raise ModuleNotFoundError(
+                f"{name} is not imported while Keras starts (keras_xception.tfenv)",
+                name=name)
         if name not in self.pending or name in self._finding:
             return None
         self._finding.add(name)
@@ -208,16 +247,23 @@ class _QuietImport(importlib.abc.MetaPathFinder):
 
         def watched_exec_module(module):
             self.pending.discard(name)
-            if not self.pending:
-                uninstall()
             pause = not self.paused_once
             self.paused_once = True
-            with contextlib.ExitStack() as stack:
-                if keep is not None:
-                    stack.enter_context(filtered_stderr(keep))
+            self.running.append(name)
+            try:
+                with contextlib.ExitStack() as stack:
+                    if keep is not None:
+                        stack.enter_context(filtered_stderr(keep))
+                    if pause:
+                        stack.enter_context(collector_paused())
+                        self.hiding = threading.get_ident()
+                    exec_module(module)
+            finally:
+                self.running.pop()
                 if pause:
-                    stack.enter_context(collector_paused())
-                exec_module(module)
+                    self.hiding = None
+                if not self.pending and not self.running:
+                    uninstall()
 
         spec.loader.exec_module = watched_exec_module
         return spec

@@ -815,6 +815,9 @@ def main(argv=None):
         if os.environ["KERAS_BACKEND"] != "jax":
             raise BenchmarkError("this script needs KERAS_BACKEND=jax. Received: "
                                  f"KERAS_BACKEND={os.environ['KERAS_BACKEND']!r}")
+        from keras_xception import tfenv
+
+        tfenv.install()  # Keras starts as in the command line: quicker.
         if args.write_reference:
             write_reference(args.write_reference, settings, args.seed)
             return 0

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import zipfile
 
 import pytest
@@ -157,6 +158,7 @@ def test_line_filter_follows_the_log_level_and_shows_each_message_once(level, sh
 # TensorFlow is imported (a probe for its spec first, which imports nothing).
 FIRST_IMPORT = """
 import gc, importlib, importlib.util, json, sys
+import numpy as np
 from keras_xception import tfenv
 collector, first = sys.argv[1:]
 if collector == "off":
@@ -167,22 +169,36 @@ tfenv.install()
 importlib.util.find_spec(first)
 importlib.import_module(first)
 during = len(runs)
+optional = ["IPython", "jax", "pandas", "scipy", "sklearn"]
+present = [name for name in optional if name in sys.modules]
 import keras, tensorflow
 gc.collect()
-print(json.dumps({"during": during, "collected": len(runs) > during,
-                  "enabled": gc.isenabled(), "frozen": gc.get_freeze_count(),
-                  "watching": any(f is tfenv._finder for f in sys.meta_path)}))
+seen = {"during": during, "collected": len(runs) > during, "enabled": gc.isenabled(),
+        "frozen": gc.get_freeze_count(), "present": present,
+        "watching": any(f is tfenv._finder for f in sys.meta_path)}
+for name in optional:  # Hidden from that import only.
+    importlib.import_module(name)
+from keras.src.trainers.data_adapters import array_slicing
+seen["keras_pandas"] = array_slicing.pandas is not None
+seen["predicts"] = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).predict(
+    np.ones((1, 2), "float32"), verbose=0).shape == (1, 1)
+print(json.dumps(seen))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("collector, first", [
-    ("on", "keras"), ("off", "keras"), ("on", "tensorflow")])
-def test_keras_is_first_imported_without_a_collection_and_then_skipped(collector, first):
+@pytest.mark.parametrize("collector, first, backend", [
+    ("on", "keras", "tensorflow"), ("off", "keras", "tensorflow"),
+    ("on", "tensorflow", "tensorflow"), ("on", "keras", "jax")])
+def test_keras_is_first_imported_without_a_collection_and_then_skipped(collector, first,
+                                                                      backend):
     """The collector is paused while Keras (and TensorFlow, through it) or
     TensorFlow is first imported, left as it was, and skips those objects
-    from then on; TensorFlow's start-up lines stay hidden either way."""
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    from then on; TensorFlow's start-up lines stay hidden either way. The
+    optional packages Keras and TensorFlow would import for features we do
+    not use are not imported then, and can be imported after."""
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu",
+               TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run([sys.executable, "-c", FIRST_IMPORT, collector, first], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -191,7 +207,28 @@ def test_keras_is_first_imported_without_a_collection_and_then_skipped(collector
     assert seen["during"] == 0 and not seen["watching"]
     assert seen["collected"]  # The explicit gc.collect(): the callbacks were live.
     assert seen["enabled"] is (collector == "on")
-    assert seen["frozen"] > 100_000  # TensorFlow's modules alone
+    assert seen["frozen"] > 100_000  # TensorFlow's (or JAX's) modules alone
+    # JAX needs SciPy. TensorFlow imports Keras inside its own import.
+    assert seen["present"] == ([] if backend == "tensorflow" else ["jax", "scipy"])
+    assert not seen["keras_pandas"]
+    assert seen["predicts"]
+
+
+def test_only_the_thread_importing_keras_is_refused_the_optional_packages():
+    # As during the first import of TensorFlow (Keras's inside it); another
+    # thread (a Ray or server thread, say) imports what it likes meanwhile.
+    finder = tfenv._QuietImport()
+    finder.running, finder.hiding = ["tensorflow"], threading.get_ident()
+    with pytest.raises(ModuleNotFoundError, match="pandas is not imported while Keras"):
+        finder.find_spec("pandas")
+    assert finder.find_spec("numpy") is None  # Left to the other finders.
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(finder.find_spec("pandas")))
+    thread.start()
+    thread.join()
+    assert elsewhere == [None]
+    finder.running, finder.hiding = [], None  # That import has ended.
+    assert finder.find_spec("pandas") is None
 
 
 def test_a_failing_import_turns_the_collector_back_on(monkeypatch):

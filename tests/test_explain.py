@@ -453,6 +453,8 @@ def test_overlay_refuses_an_out_it_cannot_write():
 
 JAX_SCRIPT = textwrap.dedent("""
     import sys
+    from keras_xception import tfenv
+    tfenv.install()  # Keras starts as in the command line: quicker.
     import numpy as np
     from keras_xception import grad_cam
     from tests import realweights

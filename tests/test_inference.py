@@ -171,7 +171,8 @@ def runtime_info_in_a_new_process(setting):
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
     env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    code = ("import json; from keras_xception.inference import runtime_info; "
+    code = ("import json; from keras_xception import tfenv; tfenv.install(); "
+            "from keras_xception.inference import runtime_info; "
             "print(json.dumps(runtime_info()))")
     done = subprocess.run([sys.executable, "-c", code], env=env,
                           capture_output=True, text=True, timeout=300)

@@ -26,7 +26,7 @@ def test_quick_run_reports_every_field(kitchen_model, tmp_path):
     report_path = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "load_serve.py"), "--model", str(model),
-         "--precision", "float32", "--quick", "--seconds", "2", "--json", str(report_path)],
+         "--precision", "float32", "--quick", "--seconds", "1", "--json", str(report_path)],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())

@@ -346,6 +346,8 @@ def test_auto_runs_in_a_process_whose_onednn_is_capped_at_avx2(small, batch, tmp
     small.save(model)
     np.save(x, batch)
     code = (
+        "from keras_xception import tfenv\n"
+        "tfenv.install()\n"  # Keras starts as in the command line: quicker.
         "import sys, numpy as np, keras\n"
         "from keras_xception import optimize_for_inference\n"
         "fast = optimize_for_inference(keras.saving.load_model(sys.argv[1]))\n"

@@ -15,6 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CHECK = """
 import sys
+from keras_xception import tfenv
+tfenv.install()  # Keras starts as in the command line: quicker.
 import keras
 import numpy as np
 import tensorflow as tf
