@@ -193,8 +193,10 @@ def collector_paused():
 _WATCHED = ("keras", "tensorflow")
 
 # Hidden from the first watched import (see the module doc), by the backend
-# Keras runs; "tensorflow" also for TensorFlow imported before Keras. JAX
-# imports SciPy itself, unguarded.
+# Keras runs (for TensorFlow imported before Keras, `KERAS_BACKEND`, else
+# "tensorflow"). JAX imports SciPy itself, unguarded. Hidden means not found:
+# `importlib.util.find_spec` of one of them raises during that import (no
+# Keras or TensorFlow version this package allows calls it then).
 _HIDDEN = {
     "tensorflow": frozenset({"sklearn", "pandas", "IPython", "scipy", "jax"}),
     "jax": frozenset({"sklearn", "pandas", "IPython"}),
@@ -224,8 +226,10 @@ class _QuietImport(importlib.abc.MetaPathFinder):
         config = sys.modules.get("keras.src.backend.config")
         if config is not None and hasattr(config, "backend"):
             backend = config.backend()
+        elif self.running == ["tensorflow"]:  # TensorFlow alone, Keras not yet.
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         else:
-            backend = "tensorflow" if self.running == ["tensorflow"] else None
+            backend = None
         return name in _HIDDEN.get(backend, ())
 
     def find_spec(self, name, path=None, target=None):
