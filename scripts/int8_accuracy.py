@@ -23,6 +23,7 @@ pipeline at full size and resized with Pillow's bilinear filter.
 """
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -91,6 +92,10 @@ def main():
                         help="calibration sizes, comma-separated (default: 9,32,128)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="settings to compare: " + ", ".join(VARIANTS))
+    parser.add_argument("--hints", default="auto",
+                        help="OpenVINO precision for the parts left float, comma-separated: "
+                             "auto (bf16 where the CPU has it natively, else f32; "
+                             "the default), f32, bf16")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -120,22 +125,25 @@ def main():
             pixels = base if size <= len(base) else np.concatenate(
                 [base, crops(calibration, size - len(base), side)])
             calib = loaded.prepare(pixels[:size])
-            for variant in args.variants.split(","):
+            for variant, hint in itertools.product(args.variants.split(","),
+                                                   args.hints.split(",")):
                 quantize.SETTINGS["float_depthwise"] = VARIANTS[variant]
+                quantize.SETTINGS["inference_precision_hint"] = hint
+                hint = quantize.float_hint()
                 quantized, report, _ = quantize.quantize_model(
                     folded, calib, held_out=held, cache=False)
-                row = {"model": name, "variant": variant, "calibration": size,
+                row = {"model": name, "variant": variant, "hint": hint, "calibration": size,
                        **report["agreement"],
                        "calibration_s": report["calibration"]["seconds"]}
                 if name == "features":
-                    row["int8_img_per_s"] = speed(quantized, held[:8], "f32")
+                    row["int8_img_per_s"] = speed(quantized, held[:8], hint)
                     row["bf16_img_per_s"] = speed(ov_runtime.convert(folded), held[:8])
                 rows.append(row)
                 top1 = "" if row["top1_agreement"] is None else \
                     f" top-1 {row['top1_agreement']:.3f}"
                 fast = "" if "int8_img_per_s" not in row else \
                     f" int8 {row['int8_img_per_s']:.1f} img/s, bf16 {row['bf16_img_per_s']:.1f}"
-                print(f"{name:9s} {variant:22s} {size:4d} images: cosine mean "
+                print(f"{name:9s} {variant:22s} {hint:4s} {size:4d} images: cosine mean "
                       f"{row['mean_cosine']:.4f} min {row['min_cosine']:.4f}{top1}{fast}",
                       flush=True)
     if args.json:

@@ -103,6 +103,8 @@ def test_report_describes_held_out_agreement_and_speed(int8_kitchen):
         speed["int8_img_per_s"] / speed["float32_img_per_s"])
     assert report["thresholds"] == quantize.THRESHOLDS and report["passed"] is True
     assert set(report["versions"]) == {"nncf", "openvino"}
+    # The precision the float parts ran in, for this CPU (a cache key too).
+    assert report["settings"]["inference_precision_hint"] == quantize.float_hint()
     # The JSON file beside the cached model holds the same measurements.
     saved = json.loads((pathlib.Path(report["path"]) / "report.json").read_text())
     assert saved["agreement"] == agreement and saved["speed"] == speed
@@ -517,3 +519,23 @@ def test_calibration_decodes_at_most_max_images_evenly_spaced(photo_sets, monkey
     monkeypatch.setattr(images, "decode", lambda f, size: decoded.append(f) or decode(f, size))
     pixels = quantize.decode_images(photo_sets[0], (32, 32))
     assert decoded == files[0::2] and pixels.shape == (3, 32, 32, 3)
+
+
+@pytest.mark.parametrize("flags, cap, expected", [
+    ({"avx2", "avx512_vnni", "avx512_bf16"}, None, "bf16"),   # Zen 4
+    ({"avx2", "amx_int8", "amx_bf16"}, None, "bf16"),          # an AMX Xeon
+    ({"avx2", "fma"}, None, "f32"),                            # AVX2 only
+    ({"avx2", "avx512_vnni", "avx512_bf16"}, "AVX2", "f32"),   # oneDNN capped
+    ({"avx2", "avx512_vnni", "avx512_bf16"}, "AVX512_CORE_VNNI", "f32"),
+])
+def test_float_parts_of_int8_run_in_bf16_only_where_the_cpu_has_it(
+        monkeypatch, flags, cap, expected):
+    from keras_xception.inference import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda *a, **k: frozenset(flags))
+    for variable in cpu.ISA_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert quantize.SETTINGS["inference_precision_hint"] == "auto"
+    assert quantize.float_hint() == expected
