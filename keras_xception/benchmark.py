@@ -36,7 +36,9 @@ names another set. A contestant is skipped, with a message, when the machine
 has less memory available than it needs to start (`WORKER_GIB`).
 
 Every model is Xception without its top, with global average pooling (2048
-features), at 299x299. Random weights are used unless `weights` names a
+features), at 299x299 (`image_size`; a smaller side, down to Xception's
+smallest, 71, makes a quick check of the machinery rather than a
+measurement of the model users run). Random weights are used unless `weights` names a
 no-top weights file (the speed does not depend on the values), so the
 benchmark needs no download. Separate processes also make each contestant's
 peak memory (peak resident set size, or peak device memory on an
@@ -185,7 +187,7 @@ def _build(contestant, model):
             # Random weights and images: agreement does not matter here, and
             # the quantized model goes to a throw-away cache.
             os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="benchmark-int8-")
-            size = architecture.DEFAULT_SIZE
+            size = config["image_size"]
             calibration = np.random.default_rng(1).uniform(-1, 1, (8, size, size, 3))
             int8 = {"calibration": calibration.astype("float32"), "insist": True}
         fast = optimize_for_inference(model, precision, runtime=runtime, **int8)
@@ -242,7 +244,7 @@ def _worker(config):
     # ones (the speed does not depend on the values), or a no-top weights
     # file, which makes the minimum cosine a statement about real features.
     keras.utils.set_random_seed(0)
-    size = architecture.DEFAULT_SIZE
+    size = config["image_size"]
     weights = config.get("weights")
     build = (keras.applications.Xception
              if config["contestant"] in ("reference", "reference-compiled",
@@ -368,11 +370,13 @@ def _runtime_of(name):
     return None
 
 
-def _check_request(only, weights, mixed_precision="none"):
-    """Checks `only`, `weights` and `mixed_precision` before any work.
+def _check_request(only, weights, mixed_precision="none",
+                   image_size=architecture.DEFAULT_SIZE):
+    """Checks `only`, `weights`, `mixed_precision` and `image_size` before any work.
 
     Raises:
-        ConfigError: For an unknown contestant, or one whose runtime is not
+        ConfigError: For an `image_size` below `architecture.MIN_SIZE`; for
+            an unknown contestant, or one whose runtime is not
             installed or needs the TensorFlow backend; for a named bf16
             contestant or `mixed_precision="bf16"` under an AVX2 cap of
             oneDNN's kernels (`_capped_out`).
@@ -382,6 +386,11 @@ def _check_request(only, weights, mixed_precision="none"):
 
     from keras_xception.errors import ConfigError, WeightsError
 
+    if image_size < architecture.MIN_SIZE:
+        raise ConfigError(
+            f"--image-size must be at least {architecture.MIN_SIZE}, Xception's "
+            f"smallest input. Received: --image-size {image_size}"
+        )
     if only is not None and not all(only):
         raise ConfigError(
             f"--only names an empty contestant (a stray comma?). Received: "
@@ -458,7 +467,8 @@ def _available_gib():
 
 
 def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
-        compare="default", log=None, only=None, weights=None):
+        compare="default", log=None, only=None, weights=None,
+        image_size=architecture.DEFAULT_SIZE):
     """Runs the benchmark and returns its results as a dict.
 
     Args:
@@ -478,6 +488,8 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
             ratios are against it).
         weights: Optional no-top Xception weights file for every
             contestant (random weights otherwise).
+        image_size: Side of the square input images, at least 71
+            (`architecture.MIN_SIZE`); 299, the model's own, by default.
 
     Returns:
         A dict with `machine`, `settings`, `skipped` (contestants not
@@ -491,20 +503,20 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
         `TF_ENABLE_ONEDNN_OPTS`), ratios).
 
     Raises:
-        ConfigError: For an unknown contestant in `only`, or one whose
+        ConfigError: For an `image_size` below 71; for an unknown contestant in `only`, or one whose
             runtime is not installed; for a bf16 contestant named in `only`,
             or `mixed_precision="bf16"`, under an AVX2 cap of oneDNN's
             kernels.
         WeightsError: If `weights` is not a file.
     """
-    _check_request(only, weights, mixed_precision)
+    _check_request(only, weights, mixed_precision, image_size)
     import keras
 
     log = log or (lambda message: None)
     backend = keras.backend.backend()
     env = dict(os.environ)
     config = {"batch_size": batch_size, "mixed_precision": mixed_precision,
-              "sgemm_size": sgemm_size}
+              "sgemm_size": sgemm_size, "image_size": image_size}
     if weights is not None:
         config["weights"] = os.path.abspath(os.fspath(weights))
     default_env = {k: v for k, v in env.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
@@ -615,6 +627,7 @@ def format_table(report):
         f"{report['machine']['cpu']} ({report['machine']['cpus']} CPUs), "
         f"Keras {report['machine']['keras']} / {report['machine']['backend']}, "
         f"batch {batch}, {settings['rounds']} rounds, "
+        f"{settings['image_size']}x{settings['image_size']} images, "
         f"mixed precision: {settings['mixed_precision']}",
         f"{'contestant':<22} {'runtime':<30} {'prec':<8} {'min cos':>8} "
         f"{'oneDNN':>6} {'img/s':>7} {'ms/img':>7} "
@@ -677,6 +690,10 @@ def add_arguments(parser, count=int):
                         help="no-top Xception weights for every contestant "
                         "(default: random weights; real ones make the minimum "
                         "cosine meaningful)")
+    parser.add_argument("--image-size", type=count, default=architecture.DEFAULT_SIZE,
+                        help="side of the square input images, at least 71 "
+                        "(default: 299, the model's own; smaller is a quick "
+                        "check, not a measurement of the model)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the results as JSON to PATH")
 
@@ -698,6 +715,7 @@ def main_from_args(args):
         compare=args.compare,
         only=args.only,
         weights=args.weights,
+        image_size=args.image_size,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_table(report))

@@ -30,9 +30,11 @@ def table_rows(stdout):
 def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
     out = tmp_path / "bench.json"
     batch = 2
+    # At Xception's smallest input: what is checked here does not depend on
+    # the size, and each worker builds and measures its model 17x faster.
     done = benchmark(
         "--rounds", "1", "--batch-size", batch, "--sgemm-size", "256",
-        "--compare", "both", "--json", out,
+        "--image-size", "71", "--compare", "both", "--json", out,
         "--only", "reference-default,reference")
     assert done.returncode == 0, done.stderr
     stdout = done.stdout
@@ -49,7 +51,15 @@ def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
         assert 0 < r["latency_ms"] < float("inf"), (name, r)
 
     gflop = report["settings"]["model_gflop"]
-    assert gflop == pytest.approx(16.71, abs=0.01)
+    assert report["settings"]["image_size"] == 71
+    import keras
+
+    from keras_xception.flops import count_flops
+
+    reference = keras.applications.Xception(weights=None, include_top=False,
+                                            pooling="avg", input_shape=(71, 71, 3))
+    assert gflop == pytest.approx(count_flops(reference).flops / 1e9, rel=1e-6)
+    assert f"batch {batch}, 1 rounds, 71x71 images" in stdout
     fast = results["fast"]
     rows = table_rows(stdout)
     for name, r in results.items():
@@ -83,6 +93,19 @@ def test_bad_settings_exit_1_without_traceback(run_cli):
     status, _, err = run_cli("benchmark", "--rounds", "0")
     assert status == 1
     assert "--rounds" in err and "Traceback" not in err
+
+
+def test_an_image_size_below_xceptions_smallest_is_one_line(run_cli, monkeypatch):
+    import subprocess
+
+    def never(*args, **kwargs):
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(subprocess, "Popen", never)
+    status, out, err = run_cli("benchmark", "--image-size", "70", "--only", "fast")
+    assert status == 1 and not out
+    assert err == ("error: --image-size must be at least 71, Xception's smallest "
+                   "input. Received: --image-size 70\n")
 
 
 def test_a_missing_runtime_or_weights_file_is_refused_before_any_worker(monkeypatch,
@@ -142,7 +165,7 @@ def test_runs_under_jax_with_bf16(tmp_path):
     # The GPU measurement's command (KERAS_BACKEND=jax, bf16), at a tiny size.
     out = tmp_path / "bench.json"
     done = benchmark("--rounds", "1", "--batch-size", "1", "--sgemm-size", "64",
-                     "--mixed-precision", "bf16", "--compare", "default",
+                     "--image-size", "71", "--mixed-precision", "bf16", "--compare", "default",
                      "--json", out, "--only", "fast", KERAS_BACKEND="jax")
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
