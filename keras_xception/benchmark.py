@@ -187,7 +187,7 @@ def _build(contestant, model):
             # Random weights and images: agreement does not matter here, and
             # the quantized model goes to a throw-away cache.
             os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="benchmark-int8-")
-            size = config["image_size"]
+            size = int(model.inputs[0].shape[1])
             calibration = np.random.default_rng(1).uniform(-1, 1, (8, size, size, 3))
             int8 = {"calibration": calibration.astype("float32"), "insist": True}
         fast = optimize_for_inference(model, precision, runtime=runtime, **int8)

@@ -98,6 +98,9 @@ def main():
                              "the default), f32, bf16")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
+    unknown = sorted(set(args.hints.split(",")) - {"auto", "f32", "bf16"})
+    if unknown:
+        parser.error(f"--hints takes auto, f32 and bf16; received {', '.join(unknown)}")
 
     from keras_xception import images, source
     from keras_xception.inference import openvino as ov_runtime

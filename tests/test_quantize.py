@@ -178,6 +178,22 @@ def test_cli_quantize_then_classify_equals_python_and_explain_refuses(
     assert sorted(os.listdir(out)) == ["model.bin", "model.xml", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["input_size"] == [150, 150] and report["model"]["classes"] == 6
+    # Its float parts run as its report was measured: bf16 only where this CPU
+    # has it, float32 for a report that says so or (older folders) says nothing.
+    from keras_xception.inference import int8_folder
+
+    recorded = report["settings"]["inference_precision_hint"]
+    assert recorded == quantize.float_hint()
+    assert int8_folder.load_folder(out)[0].describe()["float_parts"] == recorded
+    for settings in ({**report["settings"], "inference_precision_hint": "f32"}, None):
+        older = tmp_path / f"older_{settings is None}"
+        shutil.copytree(out, older)
+        edited = dict(report, settings=settings)
+        if settings is None:
+            del edited["settings"]
+        (older / "report.json").write_text(json.dumps(edited))
+        assert int8_folder.load_folder(older)[0].describe()["float_parts"] == "f32"
+    assert int8_kitchen.describe()["float_parts"] == recorded
 
     status, stdout, stderr = run_cli("classify", held_out, "--model", out, "--top", "6",
                                      "--json")
@@ -539,3 +555,14 @@ def test_float_parts_of_int8_run_in_bf16_only_where_the_cpu_has_it(
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert quantize.SETTINGS["inference_precision_hint"] == "auto"
     assert quantize.float_hint() == expected
+
+
+@pytest.mark.parametrize("recorded, here, expected", [
+    (None, "bf16", "bf16"), (None, "f32", "f32"),
+    ("bf16", "bf16", "bf16"), ("bf16", "f32", "f32"),   # measured in bf16, no bf16 here
+    ("f32", "bf16", "f32"), ("f32", "f32", "f32"),      # measured in float32: kept
+])
+def test_an_int8_model_runs_its_float_parts_as_its_report_was_measured(
+        monkeypatch, recorded, here, expected):
+    monkeypatch.setattr(quantize, "float_hint", lambda: here)
+    assert quantize.run_hint(recorded) == expected

@@ -58,7 +58,12 @@ class Int8Model:
                                              dtype="float32")]
         self.outputs = [types.SimpleNamespace(shape=(None, model.get("units")))]
         try:
-            self._forward = compile_int8(ov.Core().read_model(str(self.folder / IR_XML)))
+            # Its float parts as its report was measured (older folders: float32).
+            settings = report.get("settings")
+            recorded = (settings.get("inference_precision_hint", "f32")
+                        if isinstance(settings, dict) else "f32")
+            self._forward = compile_int8(ov.Core().read_model(str(self.folder / IR_XML)),
+                                         recorded)
         except RuntimeError as err:  # OpenVINO's: a truncated or edited model.xml or .bin.
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             raise WeightsError(
@@ -88,6 +93,7 @@ class Int8Model:
 
         return {"runtime": ov_runtime.label(), "precision": "int8",
                 "requested_precision": "int8", "threads": self._forward.threads,
+                "float_parts": self._forward.hint,
                 "reason": f"an int8 model quantized by keras-xception ({self.folder})",
                 "int8": self.report}
 

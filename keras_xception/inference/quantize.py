@@ -577,9 +577,32 @@ def quantize_model(folded, calibration, *, held_out=None, cache=True):
     return quantized, report, folder
 
 
-def compile_int8(ov_model):
-    """A forward function (batch -> float32 outputs) for a quantized model."""
-    return _runner(_compile(ov_model, float_hint()))
+def run_hint(recorded=None) -> str:
+    """The precision an int8 model's float parts run in here.
+
+    Args:
+        recorded: The hint its report was measured with (`report.json`'s
+            `settings`), or `None` for this CPU's own (`float_hint`).
+
+    Returns:
+        `recorded` where this CPU can run it, so the report speaks of what
+        runs: a model measured with float32 parts runs them in float32 on
+        any CPU, and one measured with bf16 parts runs them in bf16 only
+        where bf16 is native (else float32, the closest it can).
+    """
+    here = float_hint()
+    if recorded is None:
+        return here
+    return "bf16" if recorded == "bf16" and here == "bf16" else "f32"
+
+
+def compile_int8(ov_model, recorded=None):
+    """A forward function (batch -> float32 outputs) for a quantized model,
+    its parts left float in `run_hint(recorded)` (the function's `hint`)."""
+    hint = run_hint(recorded)
+    forward = _runner(_compile(ov_model, hint))
+    forward.hint = hint
+    return forward
 
 
 def check_request(precision, runtime, calibration) -> None:
@@ -664,7 +687,8 @@ def attach_int8(folded, calibration, *, held_out=None, thresholds=None, insist=F
     report = dict(report, thresholds=thresholds, passed=passed)
     held = report["calibration"]["held_out"]
     if passed or insist:
-        forward, precision = compile_int8(quantized), "int8"
+        forward, precision = compile_int8(
+            quantized, report["settings"]["inference_precision_hint"]), "int8"
         reason = (f"int8: requested; NNCF with calibration on "
                   f"{report['calibration']['images']} images; "
                   + (f"agreement on {held} held-out images meets the thresholds"
@@ -679,6 +703,8 @@ def attach_int8(folded, calibration, *, held_out=None, thresholds=None, insist=F
     plan = {"runtime": ov_runtime.label(), "precision": precision,
             "requested_precision": "int8", "threads": forward.threads,
             "reason": reason, "int8": report}
+    if precision == "int8":
+        plan["float_parts"] = forward.hint
 
     def describe():
         """What `predict` runs: runtime, precision, threads, why, and the int8 report."""
