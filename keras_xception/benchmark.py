@@ -38,9 +38,9 @@ has less memory available than it needs to start (`WORKER_GIB`).
 Every model is Xception without its top, with global average pooling (2048
 features), at 299x299 (`image_size`; a smaller side, down to Xception's
 smallest, 71, makes a quick check of the machinery rather than a
-measurement of the model users run). Random weights are used unless `weights` names a
-no-top weights file (the speed does not depend on the values), so the
-benchmark needs no download. Separate processes also make each contestant's
+measurement of the model users run). Random weights are used unless
+`weights` names a no-top weights file (the speed does not depend on the
+values), so the benchmark needs no download. Separate processes also make each contestant's
 peak memory (peak resident set size, or peak device memory on an
 accelerator) its own.
 
@@ -503,8 +503,9 @@ def run(batch_size=8, rounds=7, mixed_precision="none", sgemm_size=2048,
         `TF_ENABLE_ONEDNN_OPTS`), ratios).
 
     Raises:
-        ConfigError: For an `image_size` below 71; for an unknown contestant in `only`, or one whose
-            runtime is not installed; for a bf16 contestant named in `only`,
+        ConfigError: For an `image_size` below 71; for an unknown
+            contestant in `only`, or one whose runtime is not installed;
+            for a bf16 contestant named in `only`,
             or `mixed_precision="bf16"`, under an AVX2 cap of oneDNN's
             kernels.
         WeightsError: If `weights` is not a file.

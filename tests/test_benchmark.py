@@ -30,8 +30,8 @@ def table_rows(stdout):
 def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
     out = tmp_path / "bench.json"
     batch = 2
-    # At Xception's smallest input: what is checked here does not depend on
-    # the size, and each worker builds and measures its model 17x faster.
+    # At Xception's smallest input (1/17 of 299x299's pixels): what is
+    # checked here does not depend on the size.
     done = benchmark(
         "--rounds", "1", "--batch-size", batch, "--sgemm-size", "256",
         "--image-size", "71", "--compare", "both", "--json", out,
