@@ -180,17 +180,28 @@ def _build(contestant, model):
 
     if contestant in ALL_FAST:
         runtime, precision = ALL_FAST[contestant]
-        int8 = {}
         if precision == "int8":
             import tempfile
 
             # Random weights and images: agreement does not matter here, and
-            # the quantized model goes to a throw-away cache.
-            os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="benchmark-int8-")
+            # the quantized model goes to a throw-away cache, removed once
+            # the model is compiled (it runs from memory).
             size = int(model.inputs[0].shape[1])
             calibration = np.random.default_rng(1).uniform(-1, 1, (8, size, size, 3))
-            int8 = {"calibration": calibration.astype("float32"), "insist": True}
-        fast = optimize_for_inference(model, precision, runtime=runtime, **int8)
+            home = os.environ.get("KERAS_HOME")
+            with tempfile.TemporaryDirectory(prefix="benchmark-int8-") as scratch:
+                os.environ["KERAS_HOME"] = scratch
+                try:
+                    fast = optimize_for_inference(model, precision, runtime=runtime,
+                                                  calibration=calibration.astype("float32"),
+                                                  insist=True)
+                finally:
+                    if home is None:
+                        del os.environ["KERAS_HOME"]
+                    else:
+                        os.environ["KERAS_HOME"] = home
+        else:
+            fast = optimize_for_inference(model, precision, runtime=runtime)
         plan = fast.describe()
         return fast.predict, {"runtime": plan["runtime"], "precision": plan["precision"]}
     if contestant == "onnxruntime":

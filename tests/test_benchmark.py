@@ -30,13 +30,16 @@ def table_rows(stdout):
 def test_benchmark_reports_what_it_measured(tmp_path, onednn_by_default):
     out = tmp_path / "bench.json"
     batch = 2
+    scratch = tmp_path / "tmp"  # The workers' TMPDIR: int8's throw-away cache.
+    scratch.mkdir()
     # At Xception's smallest input (1/17 of 299x299's pixels): what is
     # checked here does not depend on the size.
     done = benchmark(
         "--rounds", "1", "--batch-size", batch, "--sgemm-size", "256",
         "--image-size", "71", "--compare", "both", "--json", out,
-        "--only", "reference-default,reference,fast-int8")
+        "--only", "reference-default,reference,fast-int8", TMPDIR=str(scratch))
     assert done.returncode == 0, done.stderr
+    assert list(scratch.iterdir()) == []  # Nothing left behind.
     stdout = done.stdout
     # The round ran: each worker reported it before being stopped.
     stderr = [line.strip() for line in done.stderr.splitlines()]
