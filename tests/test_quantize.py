@@ -558,7 +558,6 @@ def test_float_parts_of_int8_run_in_bf16_only_where_the_cpu_has_it(
 
 
 @pytest.mark.parametrize("recorded, here, expected", [
-    (None, "bf16", "bf16"), (None, "f32", "f32"),
     ("bf16", "bf16", "bf16"), ("bf16", "f32", "f32"),   # measured in bf16, no bf16 here
     ("f32", "bf16", "f32"), ("f32", "f32", "f32"),      # measured in float32: kept
 ])

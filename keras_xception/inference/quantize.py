@@ -577,26 +577,23 @@ def quantize_model(folded, calibration, *, held_out=None, cache=True):
     return quantized, report, folder
 
 
-def run_hint(recorded=None) -> str:
+def run_hint(recorded) -> str:
     """The precision an int8 model's float parts run in here.
 
     Args:
         recorded: The hint its report was measured with (`report.json`'s
-            `settings`), or `None` for this CPU's own (`float_hint`).
+            `settings`).
 
     Returns:
         `recorded` where this CPU can run it, so the report speaks of what
         runs: a model measured with float32 parts runs them in float32 on
         any CPU, and one measured with bf16 parts runs them in bf16 only
-        where bf16 is native (else float32, the closest it can).
+        where bf16 is native (`float_hint`; else float32, the closest it can).
     """
-    here = float_hint()
-    if recorded is None:
-        return here
-    return "bf16" if recorded == "bf16" and here == "bf16" else "f32"
+    return "bf16" if recorded == "bf16" and float_hint() == "bf16" else "f32"
 
 
-def compile_int8(ov_model, recorded=None):
+def compile_int8(ov_model, recorded):
     """A forward function (batch -> float32 outputs) for a quantized model,
     its parts left float in `run_hint(recorded)` (the function's `hint`)."""
     hint = run_hint(recorded)
