@@ -88,6 +88,23 @@ def test_int8_agrees_with_float32_keras_on_held_out_photos(int8_kitchen, kitchen
 
 
 @pytest.mark.slow
+def test_an_images_int8_output_does_not_depend_on_the_batch(int8_kitchen, photo_sets):
+    """A batch runs split across OpenVINO's streams, one photo on all the
+    cores: each photo gets the same outputs either way, at any batch size."""
+    assert int8_kitchen.describe()["precision"] == "int8"
+    _, pixels = _held_out_pixels(photo_sets)
+    x = preprocess_input(pixels)
+    whole = int8_kitchen.predict(x, batch_size=len(x), verbose=0)
+    for batch_size in (1, 2, 4):
+        np.testing.assert_allclose(int8_kitchen.predict(x, batch_size=batch_size, verbose=0),
+                                   whole, rtol=1e-6, atol=1e-6)
+    # Another order of the same photos: each row follows its photo.
+    order = np.arange(len(x))[::-1]
+    np.testing.assert_allclose(int8_kitchen.predict(x[order], batch_size=len(x), verbose=0),
+                               whole[order], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_report_describes_held_out_agreement_and_speed(int8_kitchen):
     report = int8_kitchen.describe()["int8"]
     assert report["calibration"]["images"] == 6
