@@ -95,13 +95,33 @@ def test_an_images_int8_output_does_not_depend_on_the_batch(int8_kitchen, photo_
     _, pixels = _held_out_pixels(photo_sets)
     x = preprocess_input(pixels)
     whole = int8_kitchen.predict(x, batch_size=len(x), verbose=0)
+    # Kernels may sum in another order for another part size or thread
+    # count (bit-equal on the Zen 4 where this was written): 1e-4 of logits
+    # of about 5, the tolerance of the int8 tests below.
     for batch_size in (1, 2, 4):
         np.testing.assert_allclose(int8_kitchen.predict(x, batch_size=batch_size, verbose=0),
-                                   whole, rtol=1e-6, atol=1e-6)
+                                   whole, rtol=1e-4, atol=1e-4)
     # Another order of the same photos: each row follows its photo.
     order = np.arange(len(x))[::-1]
     np.testing.assert_allclose(int8_kitchen.predict(x[order], batch_size=len(x), verbose=0),
-                               whole[order], rtol=1e-6, atol=1e-6)
+                               whole[order], rtol=1e-4, atol=1e-4)
+
+
+def test_a_batch_split_across_streams_fails_whole_and_the_next_one_runs():
+    """The stream runner on a one-layer OpenVINO model (ReLU): its parts are
+    joined in order, a failing batch raises (no rows of it returned), and the
+    requests serve the next batch as if nothing happened."""
+    import openvino as ov
+
+    x = ov.opset13.parameter([-1, 4], np.float32)
+    forward = quantize._streamed(ov.Model([ov.opset13.relu(x)], [x]), "f32")
+    batch = np.arange(-14, 14, dtype=np.float32).reshape(7, 4)
+    for rows in (7, 3, 2, 1):
+        np.testing.assert_array_equal(forward(batch[:rows]), np.maximum(batch[:rows], 0))
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            forward(np.zeros((5, 3), np.float32))  # Not the model's 4 columns.
+        np.testing.assert_array_equal(forward(batch), np.maximum(batch, 0))
 
 
 @pytest.mark.slow
