@@ -9,6 +9,12 @@ errors do, so `except ValueError` in existing code keeps working.
 """
 
 
+def counted(count, noun, plural=None) -> str:
+    """`count` and `noun` for a message: `"1 image"`, `"1,200 images"`,
+    `"1 class"`, `"6 classes"` (`plural` defaults to `noun` + "s")."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 class XceptionError(Exception):
     """Base class of every expected error raised by keras_xception."""
 

@@ -39,7 +39,7 @@ import collections
 import numpy as np
 
 from keras_xception import architecture
-from keras_xception.errors import ConfigError
+from keras_xception.errors import ConfigError, counted
 
 DEFAULT_LAYER = "block14_sepconv2_act"
 
@@ -343,7 +343,7 @@ def _check_classes(class_index, n, classes):
         if not 0 <= v < classes:
             raise ConfigError(
                 f"`class_index` must be from 0 to {classes - 1} (the model has "
-                f"{classes} classes). Received: class_index={class_index!r}"
+                f"{counted(classes, 'class', 'classes')}). Received: class_index={class_index!r}"
             )
     return np.asarray(values, dtype=np.int64)
 

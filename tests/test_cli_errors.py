@@ -218,3 +218,13 @@ def test_expected_error_is_one_line_and_exit_1(case, files, env):
     # Nothing written: no output, no temporary file or folder left beside one.
     assert not (files.root / "out").exists()
     assert [p.name for p in files.root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_messages_count_one_in_the_singular():
+    from keras_xception.errors import counted
+
+    assert counted(1, "held-out image") == "1 held-out image"
+    assert counted(9, "held-out image") == "9 held-out images"
+    assert counted(1_200, "image") == "1,200 images"
+    assert counted(1, "class", "classes") == "1 class"
+    assert counted(6, "class", "classes") == "6 classes"

@@ -191,12 +191,6 @@ def test_black_calibration_is_a_cache_miss_and_agrees_less(int8_kitchen, kitchen
     assert bad["passed"] is False and broken.describe()["precision"] == "float32"
 
 
-def test_messages_count_one_image_in_the_singular():
-    assert quantize.count_images(1, "held-out") == "1 held-out image"
-    assert quantize.count_images(9, "held-out") == "9 held-out images"
-    assert quantize.count_images(1) == "1 image"
-
-
 def test_int8_without_calibration_is_one_error(kitchen_model):
     with pytest.raises(ValueError, match=r"needs calibration images.*calibration=None"):
         optimize_for_inference(kitchen_model, "int8")

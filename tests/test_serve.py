@@ -422,7 +422,7 @@ def test_a_full_queue_answers_503_at_once(server, reference):
         # through the queue, rather than after waiting for room.
         assert not hold.done() and not waiting.done()
         assert batcher.depth == waiting_images
-        assert_error(status, body, 503, "busy", "36 images are waiting")
+        assert_error(status, body, 503, "busy", "36 images waiting for the model")
         assert headers["retry-after"] == "1"
         metrics = server.call("GET", "/metrics")[2].decode()
         assert f"keras_xception_queue_images {waiting_images}.0" in metrics

@@ -43,7 +43,7 @@ from keras_xception.batch.models import CLASSIFY, KINDS, ModelSpec, result_schem
 from keras_xception.batch.sources import DEFAULT_PATH_COLUMN, DEFAULT_SHARD_SIZE
 from keras_xception.checks import MAX_TOP as TOP_MAX
 from keras_xception.checks import positive_int
-from keras_xception.errors import ConfigError
+from keras_xception.errors import ConfigError, counted
 
 __all__ = ["AUTO_LOCAL_MAX", "ENGINES", "run"]
 
@@ -280,8 +280,9 @@ def _run_checked(kind, sources, sink, *, engine, address, batch_size, weights, m
     unseen = [s for s in pending if not sink.done(s)]
     if unseen:
         raise ConfigError(
-            f"{len(unseen)} shards were written where this machine does not see them "
-            f"(such as {unseen[0].name}.parquet in --output {str(sink.output)!r}): on a "
+            f"shards were written where this machine does not see them "
+            f"({counted(len(unseen), 'shard')}, such as {unseen[0].name}.parquet in --output "
+            f"{str(sink.output)!r}): on a "
             "Ray cluster, --output must be a folder every node sees at the same path"
         )
     manifest = {

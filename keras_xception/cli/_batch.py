@@ -20,6 +20,7 @@ import sys
 from keras_xception.checks import MAX_BATCH_SIZE
 from keras_xception.cli._args import output_path, positive_int
 from keras_xception.cli._inputs import capped_batch_size
+from keras_xception.errors import counted
 
 
 def _add(parser, *flags, **kwargs):
@@ -132,8 +133,7 @@ def run_batch(args, kind) -> int:
     counts = manifest["counts"]
     output = os.fsdecode(args.output)
     images = counts["images"]
-    summary = (f"{kind}: {images:,} image{'' if images == 1 else 's'} written to "
-               f"{output!r}")
+    summary = f"{kind}: {counted(images, 'image')} written to {output!r}"
     if counts["errors"]:
         summary += (f"; {counts['errors']:,} unreadable, listed in "
                     f"{os.path.join(output, '_errors.parquet')!r}")

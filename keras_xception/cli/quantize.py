@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 
 from keras_xception.cli._args import fraction, output_path
+from keras_xception.errors import counted
 
 
 def add_parser(subparsers):
@@ -53,7 +54,6 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from keras_xception.inference.int8_folder import quantize_source
-    from keras_xception.inference.quantize import count_images
 
     thresholds = {name: value for name, value in (
         ("top1_agreement", args.min_top1), ("mean_cosine", args.min_cosine))
@@ -64,8 +64,8 @@ def run(args) -> int:
         progress=sys.stderr,
     )
     agreed, speed, calib = report["agreement"], report["speed"], report["calibration"]
-    line = (f"{args.output}: int8, calibrated on {count_images(calib['images'])}; on "
-            f"{count_images(calib['held_out'], 'held-out')} cosine to float32 mean "
+    line = (f"{args.output}: int8, calibrated on {counted(calib['images'], 'image')}; on "
+            f"{counted(calib['held_out'], 'held-out image')} cosine to float32 mean "
             f"{agreed['mean_cosine']:.4f} min {agreed['min_cosine']:.4f}")
     if agreed["top1_agreement"] is not None:
         line += (f", top-1 agreement {agreed['top1_agreement']:.3f}, top-5 overlap "

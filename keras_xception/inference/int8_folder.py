@@ -18,12 +18,11 @@ import types
 
 import numpy as np
 
-from keras_xception.errors import ConfigError, WeightsError
+from keras_xception.errors import ConfigError, WeightsError, counted
 from keras_xception.inference.quantize import (
     IR_XML,
     check_thresholds,
     compile_int8,
-    count_images,
     decode_images,
     prepare,
     quantize_model,
@@ -217,7 +216,7 @@ def quantize_source(given, calibration, out, *, features=False, held_out=None,
     if not passed and not insist:
         raise ConfigError(
             f"int8 agreement with float32 is below the thresholds ({why}) on "
-            f"{count_images(report['calibration']['held_out'], 'held-out')}; nothing was "
+            f"{counted(report['calibration']['held_out'], 'held-out image')}; nothing was "
             "written. Give more calibration images, or --insist to write it anyway."
         )
     classes = None if features else loaded.classes

@@ -57,7 +57,7 @@ import warnings
 import numpy as np
 
 from keras_xception.checks import install_hint, require, require_tensorflow_backend
-from keras_xception.errors import ConfigError
+from keras_xception.errors import ConfigError, counted
 
 NAME = "NNCF and OpenVINO"
 EXTRA = install_hint("int8")
@@ -398,11 +398,6 @@ def _streamed(ov_model, hint):
     return forward
 
 
-def count_images(count, kind="") -> str:
-    """`"1 image"`, `"9 held-out images"`: a count of images for a message."""
-    return f"{count} {kind}{' ' if kind else ''}image{'' if count == 1 else 's'}"
-
-
 def _img_per_s(forward, batch, repeats=2):
     forward(batch)  # warm up
     best = float("inf")
@@ -741,11 +736,11 @@ def attach_int8(folded, calibration, *, held_out=None, thresholds=None, insist=F
         forward, precision = compile_int8(
             quantized, report["settings"]["inference_precision_hint"]), "int8"
         reason = (f"int8: requested; NNCF with calibration on "
-                  f"{count_images(report['calibration']['images'])}; "
-                  + (f"agreement on {count_images(held, 'held-out')} meets the thresholds"
+                  f"{counted(report['calibration']['images'], 'image')}; "
+                  + (f"agreement on {counted(held, 'held-out image')} meets the thresholds"
                      if passed else f"kept on request (insist=True) although {why}"))
     else:
-        message = (f"int8 outputs differ from float32 on {count_images(held, 'held-out')} "
+        message = (f"int8 outputs differ from float32 on {counted(held, 'held-out image')} "
                    f"({why}); using float32 (insist=True keeps int8)")
         warnings.warn(message, AccuracyWarning, stacklevel=3)
         forward, precision = ov_runtime.compile(folded, "float32"), "float32"

@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 from keras_xception.checks import MAX_BATCH_SIZE, positive_int
-from keras_xception.errors import XceptionError
+from keras_xception.errors import XceptionError, counted
 
 log = logging.getLogger("keras_xception.serve")
 
@@ -64,7 +64,7 @@ def check_room(depth: int, count: int, max_queue: int, *, stopping: bool) -> Non
         raise Stopped("the server is shutting down")
     if depth + count > max_queue:
         raise QueueFull(
-            f"the server is busy: {depth} images are waiting for the model, "
+            f"the server is busy: {counted(depth, 'image')} waiting for the model, "
             f"and the queue holds {max_queue}; retry shortly"
         )
 

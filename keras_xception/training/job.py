@@ -19,7 +19,7 @@ import dataclasses
 import os
 import sys
 
-from keras_xception.errors import ConfigError
+from keras_xception.errors import ConfigError, counted
 from keras_xception.training import checkpoints, data, distributed, launcher
 from keras_xception.training.settings import Settings
 
@@ -202,7 +202,7 @@ def _train(settings, folder, train, val, config, chief, stdout, stderr) -> int:
         names = ", ".join(folder.class_names)
         print(
             f"saved {settings.output} ({folder.num_classes} classes: {names}; "
-            f"{len(history['phase'])} epoch{'' if len(history['phase']) == 1 else 's'}; {final})",
+            f"{counted(len(history['phase']), 'epoch')}; {final})",
             file=stdout,
             flush=True,
         )
