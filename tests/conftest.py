@@ -25,7 +25,9 @@ from tests import commandline, realweights  # noqa: E402
 # joins that group instead (the docs test: one group per page, whose blocks
 # run in order in one process). Workers: one per CPU this process may use,
 # at most MAX_WORKERS (each holds TensorFlow and a few models: 2-3 GB); none
-# on one CPU.
+# on one CPU. (A third worker on 2 CPUs kept them ~100% busy instead of
+# ~88%, but the Ray tests took 2-3 times as long, and no shorter run showed
+# through the machine's noise: docs/benchmarks.md, "The test suite".)
 MAX_WORKERS = 4
 
 
@@ -69,17 +71,38 @@ def pytest_collection_modifyitems(config, items):
 SHARED_VARIABLE = "KERAS_XCEPTION_TEST_SHARED"
 
 
+# JAX compiles every computation it has not seen in this process, even a
+# weight initializer's (building Xception under JAX compiles ~10 CPU-s of
+# them). The JAX processes of one run (the JAX rerun, the BatchNorm check,
+# the Grad-CAM maps, the benchmark and GPU script runs) share a persistent
+# compilation cache in the shared folder, so each computation is compiled
+# once per run. A size limit turns on JAX's file lock, so that a process
+# never reads an entry another one is writing.
+JAX_CACHE_VARIABLES = {
+    "JAX_COMPILATION_CACHE_DIR": None,  # SHARED_VARIABLE's folder/jax_cache
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30),
+}
+
+
 def pytest_configure(config):
     if not os.environ.get(SHARED_VARIABLE):
         config.shared_folder = tempfile.mkdtemp(prefix="kx-tests-")
         os.environ[SHARED_VARIABLE] = config.shared_folder
+        config.jax_cache_set = [name for name in JAX_CACHE_VARIABLES
+                                if name not in os.environ]
+        for name in config.jax_cache_set:
+            os.environ[name] = JAX_CACHE_VARIABLES[name] or os.path.join(
+                config.shared_folder, "jax_cache")
 
 
 def pytest_unconfigure(config):
     folder = getattr(config, "shared_folder", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
-        os.environ.pop(SHARED_VARIABLE, None)
+        for name in [SHARED_VARIABLE, *getattr(config, "jax_cache_set", ())]:
+            os.environ.pop(name, None)
 
 
 def _package_variables():

@@ -3,7 +3,7 @@
 The GPU machine has JAX but no TensorFlow, so each run hides TensorFlow
 (a `tensorflow` package on PYTHONPATH that raises ImportError, which is what
 Keras's lazy import meets there) and runs under `KERAS_BACKEND=jax`. The runs
-share a JAX compilation cache in a temporary folder, so the model's
+share the suite's JAX compilation cache (tests/conftest.py), so the model's
 initializers compile once. Each run's timeout (RUN_TIMEOUT_S) bounds how
 long the script may take at these sizes.
 """
@@ -57,9 +57,6 @@ def env(workdir):
         KERAS_BACKEND="jax",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(workdir / "no_tensorflow"),
-        JAX_COMPILATION_CACHE_DIR=str(workdir / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
 
 
