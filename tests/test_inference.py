@@ -166,6 +166,78 @@ def test_rejects_a_non_functional_model():
         optimize_for_inference(Custom())
 
 
+# --- layers that do nothing at inference ------------------------------------------
+
+# Each class's required arguments (the rest keep Keras's defaults).
+IDENTITY_ARGS = {
+    "rate": 0.3, "stddev": 0.5, "factor": 0.3,
+    "height_factor": 0.3, "width_factor": 0.3,
+}
+
+
+def test_each_layer_left_out_returns_its_input_at_inference_in_keras():
+    """fold leaves out these layers (`_INFERENCE_IDENTITY`): Keras itself
+    gives back the input unchanged for each when `training=False`."""
+    import inspect
+
+    from keras_xception.inference.fold import _INFERENCE_IDENTITY
+
+    images = np.random.default_rng(4).uniform(0, 255, (2, 72, 72, 3)).astype("float32")
+    shaped = {"1D": images.reshape(2, 72, 216), "3D": images[:, None]}
+    for name in sorted(_INFERENCE_IDENTITY):
+        cls = getattr(keras.layers, name)
+        required = [p.name for p in inspect.signature(cls).parameters.values()
+                    if p.default is inspect.Parameter.empty
+                    and p.kind == p.POSITIONAL_OR_KEYWORD]
+        layer = cls(**{arg: IDENTITY_ARGS[arg] for arg in required})
+        x = shaped.get(name[-2:], images)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(layer(x, training=False)), x, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def augmented_classifier():
+    """A classifier as `keras-xception fine-tune` saves it (augmentation in
+    front), and keras.io's layout with the augmentation layers called one by
+    one, a Sequential head and dropout."""
+    from keras_xception.transfer import build_classifier
+
+    keras.utils.set_random_seed(5)
+    ours = build_classifier(3, image_size=71, weights=None)
+    randomize_batch_norm(ours.get_layer("xception"))
+    inputs = keras.Input((71, 71, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.RandomHue(0.1, value_range=(0, 255))(x)
+    x = keras.layers.RandomSharpness(0.2)(x)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
+    x = ours.get_layer("xception")(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    head = keras.Sequential([keras.layers.Dense(16, activation="relu"),
+                             keras.layers.Dense(4)], name="head")
+    kerasio = keras.Model(inputs, head(x))
+    return {"build_classifier": ours, "keras.io": kerasio}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["build_classifier", "keras.io"])
+@pytest.mark.parametrize("runtime", ["keras", "openvino", "onnxruntime"])
+def test_a_model_with_augmentation_runs_on_every_runtime(augmented_classifier, layout,
+                                                         runtime):
+    """Augmentation left in a fine-tuned model does nothing at inference:
+    every runtime gives what Keras's own `predict` gives."""
+    model = augmented_classifier[layout]
+    x = np.random.default_rng(6).uniform(0, 255, (2, 71, 71, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    assert expected.std() > 1e-3  # outputs that tell wrong from right
+    fast = optimize_for_inference(model, "float32", runtime=runtime)
+    kinds = {type(layer).__name__ for layer in fast.layers}
+    assert not kinds & {"RandomFlip", "RandomHue", "RandomSharpness", "Dropout"}
+    assert "augmentation" not in [layer.name for layer in fast.layers]
+    got = fast.predict(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 def runtime_info_in_a_new_process(setting):
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:

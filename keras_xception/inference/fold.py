@@ -11,7 +11,13 @@ computes the same function with fewer layers:
   convolution becomes the convolution's `activation`, so the backend sees
   convolution + bias + ReLU as one fusable unit;
 - a nested functional model (the Xception base of a fine-tuned classifier)
-  is folded the same way, in place in the copy.
+  is folded the same way, in place in the copy;
+- layers that return their input unchanged at inference (`_INFERENCE_IDENTITY`:
+  the random augmentation layers a fine-tuned model carries in front of its
+  base, such as `build_classifier`'s `augmentation` block, and dropout) are
+  left out, and so is a `keras.Sequential` made only of them. Every runtime
+  calls the model with `training=False`, which Keras passes to every layer
+  of a functional model, and there they do nothing.
 
 Only standard Keras layers are used, so the result can be saved with
 `model.save(...)` and reloaded with `keras.saving.load_model(...)` in a process
@@ -49,6 +55,47 @@ def _history(value):
 def _inputs_of(entry):
     """Names of the layers feeding a serialized layer, one per tensor use."""
     return [h[0] for node in entry["inbound_nodes"] for h in _history(node)]
+
+
+# Layers whose output is their input at inference (`training=False`): Keras's
+# random image augmentation layers that do nothing then (their
+# `transform_images` returns the images unless training; not `RandomCrop`,
+# which crops at inference too) and dropout. Several of them leave random
+# operations in a traced graph even then, which OpenVINO and ONNX cannot
+# convert. tests/test_inference.py checks each against Keras.
+_INFERENCE_IDENTITY = frozenset({
+    "RandomBrightness", "RandomColorDegeneration", "RandomColorJitter",
+    "RandomContrast", "RandomElasticTransform", "RandomErasing", "RandomFlip",
+    "RandomGaussianBlur", "RandomGrayscale", "RandomHue", "RandomInvert",
+    "RandomPerspective", "RandomRotation", "RandomSaturation", "RandomSharpness",
+    "RandomShear", "RandomTranslation", "RandomZoom", "AugMix", "CutMix", "MixUp",
+    "RandAugment",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "GaussianDropout", "GaussianNoise", "AlphaDropout",
+})
+
+
+def _identity_at_inference(entry):
+    """Whether a serialized layer (or a Sequential of such) does nothing at inference."""
+    if entry.get("class_name") == "Sequential":
+        inner = entry.get("config", {}).get("layers", [])
+        return all(_identity_at_inference(e) for e in inner
+                   if e.get("class_name") != "InputLayer")
+    return entry.get("class_name") in _INFERENCE_IDENTITY
+
+
+def _skips(config):
+    """Maps each layer left out at inference to the layer feeding it."""
+    skips = {}
+    for entry in config["layers"]:
+        if not _identity_at_inference(entry) or len(entry["inbound_nodes"]) != 1:
+            continue
+        # A `training` recorded in the node does not matter: a functional
+        # model called with `training=False` passes that to every layer.
+        sources = _inputs_of(entry)
+        if len(sources) == 1:
+            skips[entry["name"]] = sources[0]
+    return skips
 
 
 def _channel_axis_ok(bn_config, conv_config):
@@ -125,10 +172,10 @@ def _plan(config):
     return folds, relus
 
 
-def _rewired_config(config, folds, relus):
-    """The functional config with folded layers removed and edges rewired."""
+def _rewired_config(config, folds, relus, skips=None):
+    """The functional config with folded and skipped layers removed and edges rewired."""
     config = copy.deepcopy(config)
-    alias = {**folds, **relus}
+    alias = {**(skips or {}), **folds, **relus}
 
     def target(name):
         while name in alias:
@@ -230,6 +277,7 @@ def fold_batch_norm(model):
             inner = fold_batch_norm(model.get_layer(entry["name"]))
             nested[entry["name"]] = inner
             entry["config"] = {**inner.get_config(), "name": entry["config"]["name"]}
+    skips = _skips(config)
     folds, relus = _plan(config)
     if any(
         layer.dtype_policy.name != model.get_layer(folds[bn]).dtype_policy.name
@@ -239,7 +287,7 @@ def fold_batch_norm(model):
             "Cannot fold a BatchNormalization whose dtype policy differs from "
             "its convolution's."
         )
-    new = keras.Model.from_config(_rewired_config(config, folds, relus))
+    new = keras.Model.from_config(_rewired_config(config, folds, relus, skips))
     bn_of = {conv: bn for bn, conv in folds.items()}
     for layer in new.layers:
         if not layer.weights:

@@ -35,7 +35,7 @@ import os
 import numpy as np
 
 from keras_xception.inference import cpu
-from keras_xception.inference.fold import _inputs_of, with_dtype_policy
+from keras_xception.inference.fold import _inputs_of, _is_functional_config, with_dtype_policy
 
 NAME = "keras"
 
@@ -45,9 +45,11 @@ def _relus_after_add(model):
     import keras
 
     try:
-        entries = model.get_config()["layers"]
-    except (AttributeError, KeyError, NotImplementedError, TypeError):
-        return []
+        config = model.get_config()
+    except (AttributeError, NotImplementedError, TypeError):
+        config = None
+    # Only a functional config says what feeds what (a Sequential's does not).
+    entries = config["layers"] if _is_functional_config(config) else []
     classes = {entry["name"]: entry["class_name"] for entry in entries}
     names = set()
     for entry in entries:
