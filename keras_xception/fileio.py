@@ -94,12 +94,18 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
         `path` as an absolute `pathlib.Path` (the user's `~` expanded).
 
     Raises:
-        ConfigError: If `path` is empty, a component of the parent is a
-            file, or the parent exists and cannot be written to.
+        ConfigError: If `path` is empty or a link to nothing, a component
+            of the parent is a file, or the parent exists and cannot be
+            written to.
     """
     if not os.fspath(path).strip():
         raise ConfigError(f"{what} is empty: give a path. Received: {what} {os.fspath(path)!r}")
     path = pathlib.Path(path).expanduser().absolute()
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(
+            f"Cannot write {what} {str(path)!r}: it is a link to nothing "
+            f"({os.readlink(path)!r}). Remove the link or choose another path."
+        )
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

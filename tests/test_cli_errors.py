@@ -65,6 +65,8 @@ def files(tmp_path_factory, kitchen_photos):
     # Outputs and models.
     f.a_file = root / "a_file"
     f.a_file.write_text("a regular file\n")
+    f.dangling_output = root / "dangling_output"
+    f.dangling_output.symlink_to(root / "nowhere" / "dir")
     f.taken = root / "taken"
     f.taken.mkdir()
     (f.taken / "saved_model.pb").write_bytes(b"someone else's")
@@ -138,6 +140,16 @@ CASES = [
      lambda f: (["classify", f.bad_only_dir, "--weights", f.missing], f.missing)),
     ("classify-weights-without-top",
      lambda f: (["classify", f.bad_only_dir, "--weights", f.notop_h5], f.notop_h5)),
+    # an --output that is a link to nothing, before any work
+    ("explain-output-a-dangling-link",
+     lambda f: (["explain", f.text_jpg, "--output", f.dangling_output], f.dangling_output)),
+    ("embed-output-a-dangling-link",
+     lambda f: (["embed", f.text_jpg, "--output", f.dangling_output], f.dangling_output)),
+    ("classify-output-a-dangling-link",
+     lambda f: (["classify", f.text_jpg, "--output", f.dangling_output],
+                f.dangling_output)),
+    ("export-out-a-dangling-link",
+     lambda f: (["export", f.top_h5, f.dangling_output], f.dangling_output)),
     # export
     ("export-out-under-a-file",
      lambda f: (["export", f.top_h5, f.a_file / "out"], f.a_file)),
