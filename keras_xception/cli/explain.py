@@ -155,13 +155,14 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     results = Results(args, _table)
+    cleaned = set()  # The folders rid of a killed run's temporaries.
     for job, rank, index, score, picture in pipelines.explain(
         ready.found, loaded, class_index=class_index, top=top, layer=args.layer,
         alpha=args.alpha, batch_size=ready.batch_size, max_pixels=ready.max_pixels,
         on_error=ready.on_error,
     ):
         target = out / pipelines.png_name(job, rank, top)
-        _write_png(target, picture)
+        _write_png(target, picture, cleaned)
         record = {
             "path": os.fsdecode(job.path),
             "class_index": index,
@@ -175,11 +176,18 @@ def run(args) -> int:
     return 1 if ready.on_error.count else 0
 
 
-def _write_png(path: pathlib.Path, picture) -> None:
+def _write_png(path: pathlib.Path, picture, cleaned: set) -> None:
+    """Writes `path` atomically; first, once per folder, removes the
+    temporaries a killed run left there (`fileio.remove_dead_temporaries`)."""
     from keras_xception.errors import ConfigError
+    from keras_xception.fileio import remove_dead_temporaries
     from keras_xception.pipelines import write_png
 
     try:
+        if path.parent not in cleaned:
+            if path.parent.is_dir():
+                remove_dead_temporaries(path, any_name=True)
+            cleaned.add(path.parent)
         write_png(path, picture)
     except OSError as err:
         raise ConfigError(
