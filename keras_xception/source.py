@@ -420,6 +420,8 @@ def _open_keras(given, path) -> Source:
             metadata = {}
             if KERAS_METADATA in names:
                 metadata = json.loads(archive.read(KERAS_METADATA))
+    except WeightsError:
+        raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, RuntimeError,
             NotImplementedError, RecursionError) as err:
         raise WeightsError(

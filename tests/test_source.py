@@ -236,8 +236,10 @@ def test_a_broken_keras_file_is_one_line(tmp_path, content, match):
             archive.writestr("other.txt", "x")
     else:
         path.write_bytes(content)
-    with pytest.raises(WeightsError, match=match):
+    with pytest.raises(WeightsError, match=match) as info:
         source.open_source(path)
+    # One message, said once.
+    assert str(info.value).count("model.save()") == 1, info.value
 
 
 def test_jsonl_with_output_is_refused_not_ignored(run_cli, kerasio_model, photos,

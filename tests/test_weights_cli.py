@@ -107,7 +107,16 @@ def test_verify_wrong_variant_prints_one_line_error(run, imagenet_notop_files):
     status, out, err = run("verify", imagenet_notop_files["keras3"], "--include-top")
     assert status == 1 and out == ""
     assert err.startswith("error: ") and "this file has no classifier top" in err
+    assert "Leave out --include-top" in err and "include_top=" not in err
     assert "Traceback" not in err
+
+
+def test_verify_a_malformed_hash_names_the_option(run_cli, imagenet_notop_files):
+    status, out, err = run_cli("weights", "verify", imagenet_notop_files["keras3"],
+                               "--hash", "00")
+    assert status == 1 and out == ""
+    assert err.startswith("error: argument --hash: must be an md5") and err.count("\n") == 1
+    assert "Received: --hash 00" in err and "file_hash" not in err
 
 
 def test_verify_a_photo_says_what_it_is_and_advises_no_deletion(run, kitchen_photos):

@@ -215,7 +215,9 @@ class Sink:
         if previous is None and parts:
             return "results of an unknown run (its _job.json is missing or damaged)"
         if previous is not None and previous.get("model") != job["model"]:
-            return (f"results of another model ({_describe(previous.get('model'))}; "
+            # The model, its precision or the top asked for (`_describe`).
+            return (f"results of another model or other settings "
+                    f"({_describe(previous.get('model'))}; "
                     f"this run: {_describe(job['model'])})")
         if previous is not None and parts and previous.get("columns") != job.get("columns"):
             return (f"results with other columns ({_columns(previous.get('columns'))}; "

@@ -95,6 +95,7 @@ def add_parser(subparsers) -> None:
         "--hash",
         metavar="HEX",
         dest="file_hash",
+        type=_digest,
         help="expected md5 or sha256 hex digest of the file",
     )
 
@@ -128,7 +129,22 @@ def _download(args) -> int:
     return 0
 
 
+def _digest(text: str) -> str:
+    """An md5 or sha256 hex digest, for `--hash`."""
+    from keras_xception.errors import WeightsError
+    from keras_xception.weights import integrity
+
+    try:
+        integrity.hash_algorithm(text)
+    except WeightsError:
+        raise argparse.ArgumentTypeError(
+            "must be an md5 (32 hex digits) or sha256 (64 hex digits) digest. "
+            f"Received: --hash {text}") from None
+    return text
+
+
 def _verify(args) -> int:
+    from keras_xception.errors import ConfigError
     from keras_xception.weights import registry, validate
 
     file_hash = args.file_hash
@@ -136,7 +152,15 @@ def _verify(args) -> int:
     if file_hash is None and entry is not None:
         file_hash = entry.file_hash
     include_top = args.variants[0] if args.variants else None
-    validate.verify(args.path, include_top=include_top, file_hash=file_hash)
+    validate.verify(args.path, file_hash=file_hash)  # Either variant, first.
+    if include_top is not None:  # Said in the command's terms, not the builder's.
+        has_top = validate.inspect(args.path).include_top
+        if has_top != include_top:
+            flag = "--include-top" if include_top else "--no-top"
+            raise ConfigError(
+                f"{args.path}: this file {'has the' if has_top else 'has no'} classifier "
+                f"top, and {flag} asks for one {'without' if has_top else 'with'} "
+                f"it. Leave out {flag} to accept either.")
     summary = validate.inspect(args.path, include_top=include_top)
     print(f"ok: {summary.path}")
     print(f"  {summary.describe()}")
