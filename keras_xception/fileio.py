@@ -94,18 +94,12 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
         `path` as an absolute `pathlib.Path` (the user's `~` expanded).
 
     Raises:
-        ConfigError: If `path` is empty or a link to nothing, a component
-            of the parent is a file, or the parent exists and cannot be
-            written to.
+        ConfigError: If `path` is empty, a component of the parent is a
+            file, or the parent exists and cannot be written to.
     """
     if not os.fspath(path).strip():
         raise ConfigError(f"{what} is empty: give a path. Received: {what} {os.fspath(path)!r}")
     path = pathlib.Path(path).expanduser().absolute()
-    if path.is_symlink() and not path.exists():
-        raise ConfigError(
-            f"Cannot write {what} {str(path)!r}: it is a link to nothing "
-            f"({os.readlink(path)!r}). Remove the link or choose another path."
-        )
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -125,6 +119,22 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
                 "link to nothing. Choose another path."
             )
     return path
+
+
+def check_output_folder(path: str | os.PathLike, *, what: str = "output") -> pathlib.Path:
+    """`check_parent` for a folder a command creates or fills, which a link
+    to nothing cannot be (a file is replaced, link and all, by `publish`).
+
+    Raises:
+        ConfigError: As `check_parent`, and if `path` is a link to nothing.
+    """
+    full = check_parent(path, what=what)
+    if full.is_symlink() and not full.exists():
+        raise ConfigError(
+            f"Cannot write {what} {str(full)!r}: it is a link to nothing "
+            f"({os.readlink(full)!r}). Remove the link or choose another path."
+        )
+    return full
 
 
 def _owner() -> str:

@@ -195,6 +195,57 @@ def test_each_layer_left_out_returns_its_input_at_inference_in_keras():
             keras.ops.convert_to_numpy(layer(x, training=False)), x, err_msg=name)
 
 
+def _small_models():
+    """Models where leaving out a do-nothing layer could go wrong, if done naively."""
+    L = keras.layers
+    a, b = keras.Input((4,)), keras.Input((4,))
+    shared = L.Dense(3, name="shared")
+    ya, yb = shared(a), shared(b)  # Dropout reads the second call's output.
+    shared_call = keras.Model([a, b], L.Dense(2)(L.Dropout(0.5)(yb)) + ya[:, :2])
+
+    o = keras.Input((4,))
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, [L.Dense(3)(inner_in), L.Dense(3)(inner_in) * 2.0])
+    p, q = inner(o)  # Dropout reads the second output.
+    second_output = keras.Model(o, L.Dense(2)(L.Dropout(0.5)(q)) + p[:, :2])
+
+    i = keras.Input((8, 8, 3), dtype="uint8")  # RandomFlip casts to float32.
+    integer_input = keras.Model(i, L.Conv2D(2, 3)(L.RandomFlip()(i)))
+
+    @keras.saving.register_keras_serializable(package="tests")
+    class Dropout(L.Layer):  # A custom layer named like Keras's: kept.
+        def call(self, x):
+            return x * 3.0
+
+    c = keras.Input((4,))
+    custom = keras.Model(c, L.Dense(2)(Dropout()(L.Dense(3)(c))))
+
+    d = keras.Input((4,))
+    output_dropout = keras.Model(d, L.Dropout(0.5, name="last")(L.Dense(3)(d)))
+    return {"shared_call": shared_call, "second_output": second_output,
+            "integer_input": integer_input, "custom": custom,
+            "output_dropout": output_dropout}
+
+
+def test_layers_left_out_never_change_what_the_model_computes():
+    keras.utils.set_random_seed(7)
+    rng = np.random.default_rng(7)
+    for name, model in _small_models().items():
+        xs = [rng.uniform(0, 255, (2,) + tuple(t.shape[1:])).astype(t.dtype)
+              for t in model.inputs]
+        xs = xs if len(xs) > 1 else xs[0]
+        folded = fold_batch_norm(model)
+        expected = keras.ops.convert_to_numpy(model(xs, training=False))
+        got = keras.ops.convert_to_numpy(folded(xs, training=False))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
+        assert folded.output_names == model.output_names, name
+    # Where it is safe, left out.
+    x = keras.Input((4,))
+    plain = keras.Model(x, keras.layers.Dense(2)(keras.layers.Dropout(0.5)(
+        keras.layers.Dense(3)(x))))
+    assert "Dropout" not in [type(layer).__name__ for layer in fold_batch_norm(plain).layers]
+
+
 @pytest.fixture(scope="module")
 def augmented_classifier():
     """A classifier as `keras-xception fine-tune` saves it (augmentation in

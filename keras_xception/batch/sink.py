@@ -139,7 +139,7 @@ class Sink:
     """
 
     def __init__(self, output, kind):
-        self.output = fileio.check_parent(output, what="--output")
+        self.output = fileio.check_output_folder(output, what="--output")
         self.kind = kind
         self._lock = None
 

@@ -46,14 +46,14 @@ def fraction(text: str) -> float:
 
 
 def output_path(text: str) -> pathlib.Path:
-    """A path that can be created: its nearest existing parent is a writable
-    folder. Whether something already exists there is for the command to
-    decide."""
+    """A folder that can be created: its nearest existing parent is a
+    writable folder and it is not a link to nothing. Whether something
+    already exists there is for the command to decide."""
     from keras_xception.errors import ConfigError
-    from keras_xception.fileio import check_parent
+    from keras_xception.fileio import check_output_folder
 
     try:
-        check_parent(text, what="the output")
+        check_output_folder(text, what="the output")
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return pathlib.Path(text).expanduser()

@@ -105,9 +105,9 @@ def add_parser(subparsers):
 
 def _check_output(text) -> pathlib.Path:
     from keras_xception.errors import ConfigError
-    from keras_xception.fileio import check_parent
+    from keras_xception.fileio import check_output_folder
 
-    out = check_parent(text, what="--output")
+    out = check_output_folder(text, what="--output")
     if out.exists() and not out.is_dir():
         raise ConfigError(
             f"--output must be a folder; {os.fsdecode(out)!r} is a file. "

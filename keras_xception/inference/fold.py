@@ -76,25 +76,58 @@ _INFERENCE_IDENTITY = frozenset({
 
 
 def _identity_at_inference(entry):
-    """Whether a serialized layer (or a Sequential of such) does nothing at inference."""
-    if entry.get("class_name") == "Sequential":
+    """Whether a serialized layer (or a Sequential of such) does nothing at
+    inference: Keras's own class (not a custom layer of the same name)."""
+    if entry.get("class_name") == "Sequential" and entry.get("module") == "keras":
         inner = entry.get("config", {}).get("layers", [])
         return all(_identity_at_inference(e) for e in inner
                    if e.get("class_name") != "InputLayer")
-    return entry.get("class_name") in _INFERENCE_IDENTITY
+    return (entry.get("class_name") in _INFERENCE_IDENTITY
+            and entry.get("module") == "keras.layers"
+            and not entry.get("registered_name"))
 
 
-def _skips(config):
+def _compute_dtypes(layer):
+    """The compute dtypes of `layer` and, for a Sequential, of its layers."""
+    inner = getattr(layer, "layers", None) or []
+    return {layer.compute_dtype} | {d for sub in inner for d in _compute_dtypes(sub)}
+
+
+def _tensor_dtypes(value):
+    """The dtypes of the Keras tensors in a serialized call argument."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return {value["config"].get("dtype")}
+        return {d for item in value.values() for d in _tensor_dtypes(item)}
+    if isinstance(value, (list, tuple)):
+        return {d for item in value for d in _tensor_dtypes(item)}
+    return set()
+
+
+def _skips(config, model):
     """Maps each layer left out at inference to the layer feeding it."""
+    outputs = config["output_layers"]
+    if outputs and isinstance(outputs[0], str):
+        outputs = [outputs]
+    kept = {name for name, _, _ in outputs}  # Outputs keep their names.
     skips = {}
     for entry in config["layers"]:
-        if not _identity_at_inference(entry) or len(entry["inbound_nodes"]) != 1:
+        if (entry["name"] in kept or not _identity_at_inference(entry)
+                or len(entry["inbound_nodes"]) != 1):
             continue
         # A `training` recorded in the node does not matter: a functional
         # model called with `training=False` passes that to every layer.
-        sources = _inputs_of(entry)
-        if len(sources) == 1:
-            skips[entry["name"]] = sources[0]
+        # Consumers are rewired to the source layer's first output of its
+        # first call, so only such a source is taken.
+        sources = [h for node in entry["inbound_nodes"] for h in _history(node)]
+        if len(sources) != 1 or list(sources[0][1:]) != [0, 0]:
+            continue
+        # Keras casts a floating input to a layer's compute dtype even when
+        # the layer does nothing else: left out only where that is no cast.
+        if _compute_dtypes(model.get_layer(entry["name"])) != _tensor_dtypes(
+                entry["inbound_nodes"]):
+            continue
+        skips[entry["name"]] = sources[0][0]
     return skips
 
 
@@ -277,7 +310,7 @@ def fold_batch_norm(model):
             inner = fold_batch_norm(model.get_layer(entry["name"]))
             nested[entry["name"]] = inner
             entry["config"] = {**inner.get_config(), "name": entry["config"]["name"]}
-    skips = _skips(config)
+    skips = _skips(config, model)
     folds, relus = _plan(config)
     if any(
         layer.dtype_policy.name != model.get_layer(folds[bn]).dtype_policy.name
