@@ -153,15 +153,14 @@ def _verify(args) -> int:
         file_hash = entry.file_hash
     include_top = args.variants[0] if args.variants else None
     validate.verify(args.path, file_hash=file_hash)  # Either variant, first.
-    if include_top is not None:  # Said in the command's terms, not the builder's.
-        has_top = validate.inspect(args.path).include_top
-        if has_top != include_top:
-            flag = "--include-top" if include_top else "--no-top"
-            raise ConfigError(
-                f"{args.path}: this file {'has the' if has_top else 'has no'} classifier "
-                f"top, and {flag} asks for one {'without' if has_top else 'with'} "
-                f"it. Leave out {flag} to accept either.")
-    summary = validate.inspect(args.path, include_top=include_top)
+    summary = validate.inspect(args.path)
+    has_top = summary.include_top
+    if include_top is not None and has_top != include_top:  # In the command's terms.
+        flag = "--include-top" if include_top else "--no-top"
+        raise ConfigError(
+            f"{args.path}: this file {'has the' if has_top else 'has no'} classifier "
+            f"top, and {flag} asks for one {'without' if has_top else 'with'} "
+            f"it. Leave out {flag} to accept either.")
     print(f"ok: {summary.path}")
     print(f"  {summary.describe()}")
     if file_hash is not None:

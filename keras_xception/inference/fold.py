@@ -39,17 +39,23 @@ from keras_xception.errors import ConfigError
 _FOLDABLE = {"Conv2D": 0, "SeparableConv2D": 1, "DepthwiseConv2D": 0}
 
 
-def _history(value):
-    """Yields every `keras_history` list inside a serialized call argument."""
+def _tensors(value):
+    """Yields the config of every Keras tensor inside a serialized call argument."""
     if isinstance(value, dict):
         if value.get("class_name") == "__keras_tensor__":
-            yield value["config"]["keras_history"]
+            yield value["config"]
         else:
             for item in value.values():
-                yield from _history(item)
+                yield from _tensors(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _history(item)
+            yield from _tensors(item)
+
+
+def _history(value):
+    """Yields every `keras_history` list inside a serialized call argument."""
+    for tensor in _tensors(value):
+        yield tensor["keras_history"]
 
 
 def _inputs_of(entry):
@@ -93,17 +99,6 @@ def _compute_dtypes(layer):
     return {layer.compute_dtype} | {d for sub in inner for d in _compute_dtypes(sub)}
 
 
-def _tensor_dtypes(value):
-    """The dtypes of the Keras tensors in a serialized call argument."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "__keras_tensor__":
-            return {value["config"].get("dtype")}
-        return {d for item in value.values() for d in _tensor_dtypes(item)}
-    if isinstance(value, (list, tuple)):
-        return {d for item in value for d in _tensor_dtypes(item)}
-    return set()
-
-
 def _skips(config, model):
     """Maps each layer left out at inference to the layer feeding it."""
     outputs = config["output_layers"]
@@ -124,8 +119,8 @@ def _skips(config, model):
             continue
         # Keras casts a floating input to a layer's compute dtype even when
         # the layer does nothing else: left out only where that is no cast.
-        if _compute_dtypes(model.get_layer(entry["name"])) != _tensor_dtypes(
-                entry["inbound_nodes"]):
+        if _compute_dtypes(model.get_layer(entry["name"])) != {
+                tensor.get("dtype") for tensor in _tensors(entry["inbound_nodes"])}:
             continue
         skips[entry["name"]] = sources[0][0]
     return skips
