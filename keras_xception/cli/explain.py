@@ -184,9 +184,8 @@ def _write_png(path: pathlib.Path, picture, cleaned: set) -> None:
     from keras_xception.pipelines import write_png
 
     try:
-        if path.parent not in cleaned:
-            if path.parent.is_dir():
-                remove_dead_temporaries(path, any_name=True)
+        if path.parent not in cleaned:  # (A folder not made yet has none.)
+            remove_dead_temporaries(path, any_name=True)
             cleaned.add(path.parent)
         write_png(path, picture)
     except OSError as err:

@@ -99,12 +99,17 @@ def _compute_dtypes(layer):
     return {layer.compute_dtype} | {d for sub in inner for d in _compute_dtypes(sub)}
 
 
+def _output_names(config):
+    """The layer name of each of a functional config's outputs."""
+    outputs = config["output_layers"]
+    if outputs and isinstance(outputs[0], str):  # A single output.
+        outputs = [outputs]
+    return [name for name, _, _ in outputs]
+
+
 def _skips(config, model):
     """Maps each layer left out at inference to the layer feeding it."""
-    outputs = config["output_layers"]
-    if outputs and isinstance(outputs[0], str):
-        outputs = [outputs]
-    kept = {name for name, _, _ in outputs}  # Outputs keep their names.
+    kept = set(_output_names(config))  # Outputs keep their names.
     skips = {}
     for entry in config["layers"]:
         if (entry["name"] in kept or not _identity_at_inference(entry)
@@ -114,15 +119,14 @@ def _skips(config, model):
         # model called with `training=False` passes that to every layer.
         # Consumers are rewired to the source layer's first output of its
         # first call, so only such a source is taken.
-        sources = [h for node in entry["inbound_nodes"] for h in _history(node)]
-        if len(sources) != 1 or list(sources[0][1:]) != [0, 0]:
+        tensors = list(_tensors(entry["inbound_nodes"]))
+        if len(tensors) != 1 or list(tensors[0]["keras_history"][1:]) != [0, 0]:
             continue
         # Keras casts a floating input to a layer's compute dtype even when
         # the layer does nothing else: left out only where that is no cast.
-        if _compute_dtypes(model.get_layer(entry["name"])) != {
-                tensor.get("dtype") for tensor in _tensors(entry["inbound_nodes"])}:
+        if _compute_dtypes(model.get_layer(entry["name"])) != {tensors[0].get("dtype")}:
             continue
-        skips[entry["name"]] = sources[0][0]
+        skips[entry["name"]] = tensors[0]["keras_history"][0]
     return skips
 
 
@@ -150,10 +154,7 @@ def _plan(config):
     for entry in config["layers"]:
         for name in _inputs_of(entry):
             uses[name] = uses.get(name, 0) + 1
-    outputs = config["output_layers"]
-    if outputs and isinstance(outputs[0], str):
-        outputs = [outputs]
-    for name, _, _ in outputs:
+    for name in _output_names(config):
         uses[name] = uses.get(name, 0) + 1
 
     def single_producer(entry):
@@ -200,10 +201,10 @@ def _plan(config):
     return folds, relus
 
 
-def _rewired_config(config, folds, relus, skips=None):
+def _rewired_config(config, folds, relus, skips):
     """The functional config with folded and skipped layers removed and edges rewired."""
     config = copy.deepcopy(config)
-    alias = {**(skips or {}), **folds, **relus}
+    alias = {**skips, **folds, **relus}
 
     def target(name):
         while name in alias:
