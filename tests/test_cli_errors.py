@@ -47,6 +47,8 @@ def files(tmp_path_factory, kitchen_photos):
     f.empty_jpg.write_bytes(b"")
     f.truncated_jpg = root / "truncated.jpg"
     f.truncated_jpg.write_bytes(photo[:300])
+    f.photo_jpg = root / "photo.jpg"
+    f.photo_jpg.write_bytes(photo)
     f.text_jpg = root / "text.jpg"
     f.text_jpg.write_text("this is not a JPEG\n")
     f.bad_only_dir = root / "bad_only"
@@ -101,6 +103,8 @@ def _fine_tune(f, *args):
 
 
 # (id, lambda files: (command line, what stderr must name)).
+PROC_OUT = "/proc/keras-xception-test-output"
+
 CASES = [
     # The command line itself.
     ("no-command", lambda f: ([], "COMMAND")),
@@ -150,6 +154,18 @@ CASES = [
                 f.dangling_output)),
     ("export-out-a-dangling-link",
      lambda f: (["export", f.top_h5, f.dangling_output], f.dangling_output)),
+    # an --output in a folder whose file system refuses new entries (/proc
+    # lets root pass the checks before the work; others it does not)
+    ("classify-output-in-proc",
+     lambda f: (["classify", f.photo_jpg, "--weights", f.top_h5, "--output", PROC_OUT],
+                "/proc/")),
+    ("embed-output-in-proc",
+     lambda f: (["embed", f.photo_jpg, "--weights", f.notop_h5, "--output", PROC_OUT],
+                "/proc/")),
+    ("explain-output-in-proc",
+     lambda f: (["explain", f.photo_jpg, "--weights", f.top_h5, "--output", PROC_OUT],
+                "/proc/")),
+    ("export-out-in-proc", lambda f: (["export", f.top_h5, PROC_OUT], "/proc/")),
     # export
     ("export-out-under-a-file",
      lambda f: (["export", f.top_h5, f.a_file / "out"], f.a_file)),

@@ -157,7 +157,8 @@ def main(argv=None) -> int:
             if isinstance(err, BrokenPipeError):
                 _silence_stdout()
                 return 0
-            if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRORS:
+            if isinstance(err, OSError) and (err.errno in _ENVIRONMENT_ERRORS
+                                             or _refused_by_the_file_system(err)):
                 print(f"error: {_os_error_line(err)}", file=sys.stderr)
                 return 1
             raise
@@ -176,11 +177,24 @@ _ENVIRONMENT_ERRORS = {
 }
 
 
+def _refused_by_the_file_system(err):
+    """Whether `err` says that a path in a folder that exists is not there
+    after all: a file system such as /proc, where even root cannot create
+    what the checks before the work let through."""
+    if err.errno not in (errno.ENOENT, errno.ENOTDIR) or not err.filename:
+        return False
+    path = os.path.abspath(os.fsdecode(err.filename))
+    return os.path.isdir(os.path.dirname(path)) and not os.path.lexists(path)
+
+
 def _os_error_line(err):
-    """`err` (one of `_ENVIRONMENT_ERRORS`) as one line naming the path and a remedy."""
+    """`err` (one of `_ENVIRONMENT_ERRORS`, or refused by the file system)
+    as one line naming the path and a remedy."""
     reason = " ".join(str(err.strerror or os.strerror(err.errno)).split())
     where = f" ({os.fsdecode(err.filename)!r})" if err.filename else ""
-    return f"{reason}{where}: {_ENVIRONMENT_ERRORS[err.errno]}"
+    remedy = _ENVIRONMENT_ERRORS.get(
+        err.errno, "this file system does not let it be created there; choose another location")
+    return f"{reason}{where}: {remedy}"
 
 
 if __name__ == "__main__":
