@@ -157,10 +157,20 @@ def _temporary_prefix(path: pathlib.Path) -> str:
     return f".{path.name}.{_owner()}."
 
 
-def _temporary_name(path: pathlib.Path, suffix: str) -> pathlib.Path:
-    fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=_temporary_prefix(path), suffix=TEMP_SUFFIX + suffix
-    )
+def _temporary_name(path: pathlib.Path, suffix: str, *, directory=False) -> pathlib.Path:
+    """A new empty file (or folder) beside `path`, under a temporary name.
+
+    An error creating it names `path`, the file the user asked for.
+    """
+    try:
+        if directory:
+            return pathlib.Path(tempfile.mkdtemp(
+                dir=path.parent, prefix=_temporary_prefix(path), suffix=TEMP_SUFFIX + suffix))
+        fd, name = tempfile.mkstemp(
+            dir=path.parent, prefix=_temporary_prefix(path), suffix=TEMP_SUFFIX + suffix
+        )
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, os.fspath(path)) from None
     os.close(fd)
     return pathlib.Path(name)
 
@@ -239,13 +249,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "", directory=False, o
         The temporary `pathlib.Path`, beside `path`.
     """
     path = pathlib.Path(path)
-    if directory:
-        tmp = pathlib.Path(
-            tempfile.mkdtemp(dir=path.parent, prefix=_temporary_prefix(path),
-                             suffix=TEMP_SUFFIX)
-        )
-    else:
-        tmp = _temporary_name(path, suffix)
+    tmp = _temporary_name(path, "" if directory else suffix, directory=directory)
     try:
         yield tmp
         publish(tmp, path, overwrite=overwrite)

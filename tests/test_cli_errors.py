@@ -158,14 +158,14 @@ CASES = [
     # lets root pass the checks before the work; others it does not)
     ("classify-output-in-proc",
      lambda f: (["classify", f.photo_jpg, "--weights", f.top_h5, "--output", PROC_OUT],
-                "/proc/")),
+                PROC_OUT)),
     ("embed-output-in-proc",
      lambda f: (["embed", f.photo_jpg, "--weights", f.notop_h5, "--output", PROC_OUT],
-                "/proc/")),
+                PROC_OUT)),
     ("explain-output-in-proc",
      lambda f: (["explain", f.photo_jpg, "--weights", f.top_h5, "--output", PROC_OUT],
-                "/proc/")),
-    ("export-out-in-proc", lambda f: (["export", f.top_h5, PROC_OUT], "/proc/")),
+                PROC_OUT)),
+    ("export-out-in-proc", lambda f: (["export", f.top_h5, PROC_OUT], PROC_OUT)),
     # export
     ("export-out-under-a-file",
      lambda f: (["export", f.top_h5, f.a_file / "out"], f.a_file)),
