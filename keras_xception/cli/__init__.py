@@ -178,13 +178,16 @@ _ENVIRONMENT_ERRORS = {
 
 
 def _refused_by_the_file_system(err):
-    """Whether `err` says that a path in a folder that exists is not there
-    after all: a file system such as /proc, where even root cannot create
-    what the checks before the work let through."""
+    """Whether `err` is a path that a file system without storage (/proc,
+    /sys) would not create: root passes the checks made before the work
+    there. Any other missing path is a bug and keeps its traceback."""
     if err.errno not in (errno.ENOENT, errno.ENOTDIR) or not err.filename:
         return False
-    path = os.path.abspath(os.fsdecode(err.filename))
-    return os.path.isdir(os.path.dirname(path)) and not os.path.lexists(path)
+    parent = os.path.dirname(os.path.abspath(os.fsdecode(err.filename)))
+    try:
+        return os.statvfs(parent).f_blocks == 0
+    except OSError:
+        return False
 
 
 def _os_error_line(err):
