@@ -383,8 +383,19 @@ def sha256(path) -> str:
 
 def _open_weights(given, path) -> Source:
     from keras_xception.preprocessing import imagenet_classes
+    from keras_xception.weights import cache, integrity
     from keras_xception.weights.validate import inspect
 
+    # A file that is no weights at all (a photo, a text): say what a model can
+    # be. A broken weights file, or one in the cache, gets inspect's advice.
+    if not cache.contains(path):
+        problem = integrity.content_problem(path)
+        if problem is not None and problem.kind in ("image", "not_hdf5"):
+            raise WeightsError(
+                f"{path} is not a model ({problem.what}). Give 'imagenet', an "
+                "Xception weights file (.h5, .weights.h5), a .keras model file, "
+                "or an http(s) URL of a weights file."
+            )
     summary = inspect(path)
     names = synsets = None
     if summary.include_top and summary.classes == 1000:

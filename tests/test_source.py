@@ -223,6 +223,14 @@ def test_weights_sources_are_resolved_checked_and_hashed_once(imagenet_notop_fil
         source.open_source(path, need_top=True)
 
 
+def test_a_photo_given_as_the_model_names_what_a_model_can_be(kitchen_photos):
+    with pytest.raises(WeightsError) as info:
+        source.open_source(kitchen_photos[0])
+    message = str(info.value)
+    assert str(kitchen_photos[0]) in message and "JPEG" in message
+    assert ".keras" in message and "'imagenet'" in message and "\n" not in message
+
+
 @pytest.mark.parametrize("content, match", [
     (b"not a zip", "not a readable .keras model file|not a complete HDF5"),
     (None, "not a Keras model"),
