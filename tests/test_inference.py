@@ -322,3 +322,20 @@ def test_runtime_info_follows_tensorflows_cpu_rule_when_unset(onednn_by_default)
     info = runtime_info_in_a_new_process(None)
     assert info["onednn_env"] is None
     assert info["onednn"] is onednn_by_default
+
+
+@pytest.mark.slow
+def test_a_sequential_with_an_xception_base_runs_as_keras_predicts_it():
+    """A `keras.Sequential` (a form a user saves and `--model` takes) is
+    optimized as the graph of its layers, not refused."""
+    keras.utils.set_random_seed(7)
+    base = Xception(include_top=False, weights=None, pooling="avg", input_shape=(71, 71, 3))
+    randomize_batch_norm(base)
+    model = keras.Sequential([keras.Input((71, 71, 3)),
+                              keras.layers.Rescaling(1 / 127.5, offset=-1), base,
+                              keras.layers.Dense(3)])
+    x = np.random.default_rng(8).uniform(0, 255, (2, 71, 71, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    assert expected.std() > 1e-3  # outputs that tell wrong from right
+    got = optimize_for_inference(model, "float32", runtime="keras").predict(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

@@ -280,7 +280,9 @@ def fold_batch_norm(model):
 
     Args:
         model: A functional `keras.Model` (e.g. from `keras_xception.Xception`
-            or `keras.applications.Xception`, or a classifier around one).
+            or `keras.applications.Xception`, or a classifier around one), or
+            a built `keras.Sequential` (folded as the functional graph of
+            its layers).
 
     Returns:
         A new functional `keras.Model` made of standard Keras layers. Layers
@@ -294,6 +296,9 @@ def fold_batch_norm(model):
     """
     import keras
 
+    if isinstance(model, keras.Sequential) and model.built and model.inputs:
+        # A built Sequential is a functional graph of its layers: fold that.
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
     config = model.get_config() if isinstance(model, keras.Model) else None
     if not _is_functional_config(config):
         raise ConfigError(
