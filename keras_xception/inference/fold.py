@@ -296,7 +296,7 @@ def fold_batch_norm(model):
     """
     import keras
 
-    if isinstance(model, keras.Sequential) and model.built and model.inputs:
+    if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is not None:
         # A built Sequential is a functional graph of its layers: fold that.
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     config = model.get_config() if isinstance(model, keras.Model) else None
