@@ -95,7 +95,9 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
 
     Raises:
         ConfigError: If `path` is empty, a component of the parent is a
-            file, or the parent exists and cannot be written to.
+            file, or the parent exists and cannot be written to (its
+            permissions, or a file system such as /proc that creates
+            nothing).
     """
     if not os.fspath(path).strip():
         raise ConfigError(f"{what} is empty: give a path. Received: {what} {os.fspath(path)!r}")
@@ -112,6 +114,13 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
                     f"Cannot write {what} {str(path)!r}: the folder "
                     f"{str(parent)!r} is not writable. Choose another path."
                 )
+            refusal = _refuses_new_entries(parent)
+            if refusal:
+                raise ConfigError(
+                    f"Cannot write {what} {str(path)!r}: the file system of "
+                    f"{str(parent)!r} does not let anything be created there "
+                    f"({refusal}). Choose another path."
+                )
             break
         if parent.is_symlink():  # A dangling link where a folder should be.
             raise ConfigError(
@@ -119,6 +128,29 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
                 "link to nothing. Choose another path."
             )
     return path
+
+
+def _refuses_new_entries(folder: pathlib.Path) -> str | None:
+    """Why nothing can be created in `folder`, or None if something can.
+
+    A file system without storage (/proc, /sys) lets root pass the
+    permission check and then refuses the file at the end of the work. Such
+    a file system reports no blocks; only then is a folder created and
+    removed to see, so an ordinary folder is left untouched (and a network
+    or FUSE file system reporting no blocks still passes if it takes one).
+    """
+    try:
+        if os.statvfs(folder).f_blocks != 0:
+            return None
+    except OSError:
+        return None  # Cannot tell: the work itself will say.
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{_owner()}.probe.", dir=folder)
+    except OSError as err:
+        return " ".join(str(err.strerror or os.strerror(err.errno)).split())
+    with contextlib.suppress(OSError):
+        os.rmdir(probe)
+    return None
 
 
 def check_output_folder(path: str | os.PathLike, *, what: str = "output") -> pathlib.Path:

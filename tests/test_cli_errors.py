@@ -155,17 +155,24 @@ CASES = [
     ("export-out-a-dangling-link",
      lambda f: (["export", f.top_h5, f.dangling_output], f.dangling_output)),
     # an --output in a folder whose file system refuses new entries (/proc
-    # lets root pass the checks before the work; others it does not)
+    # lets root pass the permission checks; the folder's file system does
+    # not). The weights or model named are broken, so a command that read
+    # them before checking its output would name them instead.
     ("classify-output-in-proc",
-     lambda f: (["classify", f.photo_jpg, "--weights", f.top_h5, "--output", PROC_OUT],
+     lambda f: (["classify", f.photo_jpg, "--weights", f.truncated_h5, "--output", PROC_OUT],
                 PROC_OUT)),
     ("embed-output-in-proc",
-     lambda f: (["embed", f.photo_jpg, "--weights", f.notop_h5, "--output", PROC_OUT],
+     lambda f: (["embed", f.photo_jpg, "--weights", f.truncated_h5, "--output", PROC_OUT],
                 PROC_OUT)),
     ("explain-output-in-proc",
-     lambda f: (["explain", f.photo_jpg, "--weights", f.top_h5, "--output", PROC_OUT],
+     lambda f: (["explain", f.photo_jpg, "--weights", f.truncated_h5, "--output", PROC_OUT],
                 PROC_OUT)),
-    ("export-out-in-proc", lambda f: (["export", f.top_h5, PROC_OUT], PROC_OUT)),
+    ("export-out-in-proc", lambda f: (["export", f.truncated_h5, PROC_OUT], PROC_OUT)),
+    ("quantize-output-in-proc",
+     lambda f: (["quantize", f.truncated_keras, "--calibration", f.data,
+                 "--output", PROC_OUT], PROC_OUT)),
+    ("fine-tune-output-in-proc",
+     lambda f: (_fine_tune(f, f.data, "--output", PROC_OUT + ".keras"), PROC_OUT + ".keras")),
     # export
     ("export-out-under-a-file",
      lambda f: (["export", f.top_h5, f.a_file / "out"], f.a_file)),

@@ -30,3 +30,18 @@ def test_once_cancelled_nothing_is_published(tmp_path, cancelled):
     # No final path, no temporary left behind, the old file untouched.
     assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]
     assert (tmp_path / "kept.txt").read_text() == "before"
+
+
+def test_an_output_where_the_file_system_creates_nothing_is_refused_up_front():
+    # /proc passes root's permission check; only creating something there
+    # fails, which a command would otherwise learn at the end of its work.
+    with pytest.raises(fileio.ConfigError, match=r"--output '/proc/a/b\.keras'.*'/proc'"):
+        fileio.check_parent("/proc/a/b.keras", what="--output")
+
+
+def test_checking_an_output_leaves_an_ordinary_folder_as_it_was(tmp_path):
+    (tmp_path / "kept.txt").write_text("x")
+    before = tmp_path.stat().st_mtime_ns
+    assert fileio.check_parent(tmp_path / "new" / "m.keras") == tmp_path / "new" / "m.keras"
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]
+    assert tmp_path.stat().st_mtime_ns == before
