@@ -87,6 +87,23 @@ def test_scan_reads_headers_and_names_every_bad_file_on_one_line(tmp_path):
         assert fragment in message
 
 
+def test_a_jpeg_cut_short_is_refused_and_one_with_bytes_after_its_end_is_kept(tmp_path):
+    # A copy or download stopped early keeps a header Pillow recognises.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 64, 3), dtype="uint8")
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(pixels).save(tmp_path / name / "ok.jpg", quality=95)
+    whole = (tmp_path / "cat" / "ok.jpg").read_bytes()
+    (tmp_path / "dog" / "extra.jpg").write_bytes(whole + b"camera notes")
+    assert len(data.scan(tmp_path).paths) == 3
+
+    (tmp_path / "dog" / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(DataError) as raised:
+        data.scan(tmp_path)
+    assert "1 of the 4 files" in str(raised.value) and "cut.jpg" in str(raised.value)
+
+
 @pytest.mark.slow
 def test_an_image_unreadable_during_training_is_skipped_and_the_command_ends(
     tmp_path, monkeypatch

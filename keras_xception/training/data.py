@@ -15,7 +15,8 @@ Before training, `scan` lists the folder with `keras_xception.images.
 find_images` and checks every file cheaply, without decoding its pixels:
 its name must have an image extension and Pillow must recognise its header
 (for PNG, GIF and the other formats whose `verify` reads the whole file, the
-checksums too). A file that fails stops the run with a `DataError` that
+checksums too; a JPEG that does not end with its end-of-image marker, as one
+cut short does, is decoded to see). A file that fails stops the run with a `DataError` that
 lists the bad files and why, since a dataset that quietly loses files trains
 a different model than the one its owner thinks. Hidden files (`.DS_Store`,
 macOS `._photo.jpg`), `Thumbs.db` and `desktop.ini` are ignored, and so are
@@ -91,8 +92,8 @@ def check_image(path) -> str | None:
 
     Returns:
         `None` if the name has an image extension and Pillow recognises the
-        header (and, where `Image.verify` checks them, the checksums), else
-        a short reason.
+        header (and, where `Image.verify` checks them, the checksums; a
+        JPEG without its end marker must decode), else a short reason.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -101,7 +102,12 @@ def check_image(path) -> str | None:
     try:
         with Image.open(path) as image:
             width, height = image.size
+            kind = image.format
             image.verify()
+        if kind == "JPEG" and not _ends_a_jpeg(path):
+            # Cut short (or followed by other bytes): only decoding tells.
+            with Image.open(path) as image:
+                image.load()
     except UnidentifiedImageError:
         return "not an image Pillow can decode"
     except Image.DecompressionBombError as err:
@@ -111,6 +117,17 @@ def check_image(path) -> str | None:
     if width < 1 or height < 1:
         return "an image with no pixels"
     return None
+
+
+def _ends_a_jpeg(path) -> bool:
+    """Whether the file's last two bytes are JPEG's end-of-image marker,
+    which a file cut short (a copy or download stopped early) lacks."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 2:
+            return False
+        f.seek(-2, os.SEEK_END)
+        return f.read(2) == b"\xff\xd9"
 
 
 def _format_bad(bad, root) -> str:
