@@ -79,6 +79,16 @@ def test_path_reports_ok_and_hash_mismatch(run, keras_home, monkeypatch, tmp_pat
     assert f"hash mismatch: md5 {md5(h5_bytes())}, expected {TOP.md5}" in out
 
 
+def test_path_names_a_folder_where_a_cached_file_belongs(run, keras_home):
+    # classify would refuse it too: the download cannot replace a folder.
+    blocker = keras_home / "models" / TOP.fname
+    blocker.mkdir(parents=True)
+    status, out, err = run("path")
+    assert status == 1 and err == ""
+    assert f"{blocker}: bad: a folder" in out
+    assert out.count("missing") == 1  # the other file only
+
+
 def test_verify_good_file(run, imagenet_notop_files):
     status, out, err = run("verify", imagenet_notop_files["keras3"], "--no-top")
     assert status == 0 and err == ""

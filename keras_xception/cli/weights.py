@@ -192,7 +192,7 @@ def _state(path, entry) -> tuple[bool, str]:
 
 
 def _path(args) -> int:
-    from keras_xception.weights import cache, registry, urls
+    from keras_xception.weights import cache, integrity, registry, urls
 
     folders = cache.cache_dirs(args.cache_dir)
     print(f"cache: {folders[0]}")
@@ -205,7 +205,13 @@ def _path(args) -> int:
     for entry in registry.WEIGHTS:
         found = cache.cached_files(entry.fname, args.cache_dir)
         print(f"{entry.fname} ({entry.name}):")
-        if not found:
+        # A folder (or FIFO, ...) at the file's name blocks the download.
+        blocked = [(folder / entry.fname, kind) for folder in folders
+                   if (kind := integrity.not_regular(folder / entry.fname))]
+        for path, kind in blocked:
+            all_ok = False
+            print(f"  {path}: bad: {kind}, where the cache keeps this file; remove it")
+        if not found and not blocked:
             print(f"  missing: would be downloaded to {folders[-1] / entry.fname}")
         for path in found:
             ok, words = _state(path, entry)
