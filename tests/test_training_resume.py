@@ -14,6 +14,7 @@ import pytest
 
 from keras_xception.errors import ConfigError
 from keras_xception.training.checkpoints import Checkpoints
+from tests import commandline
 from tests.test_fine_tune_cli import ROOT, assert_clean_error, cli, make_dataset
 
 
@@ -117,6 +118,24 @@ def test_no_readable_checkpoint_is_a_one_line_error(tmp_path):
     message = str(raised.value)
     assert "checkpoint-1-0001.npz" in message and "--overwrite" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("phase, asked, flag", [
+    ("head", ["--epochs", 4], "--epochs 4"),
+    ("fine-tune", ["--epochs", 9, "--fine-tune-epochs", 2], "--fine-tune-epochs 2"),
+])
+def test_resume_asking_fewer_epochs_than_done_is_refused_before_the_work(
+    tmp_path, phase, asked, flag
+):
+    data = make_dataset(tmp_path / "data", per_class=1)
+    out = tmp_path / "out.keras"
+    save(Checkpoints(tmp_path / "out.training"), phase, 7)
+    result = commandline.main("fine-tune", *options(data, out), *asked, "--resume")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"{flag} is fewer than the 7 {phase} epochs" in result.stderr
+    assert f"{flag.split()[0]} 7 or more" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -63,6 +63,25 @@ class Checkpoint:
     def epoch(self) -> int:
         return int(self.info["epoch"])
 
+    def check_epochs(self, epochs: int, fine_tune_epochs: int) -> None:
+        """Refuses a resume that asks for fewer epochs of this checkpoint's
+        phase than it has already done: they cannot be undone.
+
+        Raises:
+            ConfigError: Naming the option, the epochs done and what to pass.
+        """
+        asked, flag = {
+            "head": (epochs, "--epochs"),
+            "fine-tune": (fine_tune_epochs, "--fine-tune-epochs"),
+        }[self.phase]
+        if self.epoch > asked:
+            raise ConfigError(
+                f"{flag} {asked} is fewer than the {self.epoch} {self.phase} "
+                f"epochs the checkpoint {self.path!r} has done. Resume with "
+                f"{flag} {self.epoch} or more, or pass --overwrite instead of "
+                "--resume to start over."
+            )
+
 
 class Checkpoints:
     """The checkpoints in one work folder.

@@ -241,6 +241,7 @@ def fit_classifier(
                         f"{key}={value!r}. Resume with the settings of that run, "
                         "or pass --overwrite instead of --resume to start over."
                     )
+            start.check_epochs(epochs, fine_tune_epochs)
         elif store.paths():
             if not overwrite:
                 raise ConfigError(

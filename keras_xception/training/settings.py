@@ -150,7 +150,8 @@ class Settings:
                 be written; the output exists (or is a folder) without
                 `overwrite`; `work_dir` holds an interrupted run and neither
                 `resume` nor `overwrite` is set; or `resume` is set and
-                there is nothing to resume, or no checkpoint reads back.
+                there is nothing to resume, no checkpoint reads back, or
+                the last one has done more epochs of its phase than asked.
         """
         output = fileio.check_parent(self.output, what="--output")
         fileio.check_parent(self.work_dir, what="--work-dir")
@@ -175,7 +176,11 @@ class Settings:
                     f"Nothing to resume: {self.work_dir!r} holds no checkpoint. "
                     "Run without --resume to start training."
                 )
-            store.latest()  # a damaged run is reported before any work
+            # A damaged run, or one past the epochs asked for, is reported
+            # before any work.
+            last = store.latest()
+            if last is not None:  # None only if removed since `paths`
+                last.check_epochs(self.epochs, self.fine_tune_epochs)
         elif found and not self.overwrite:
             raise ConfigError(
                 f"{self.work_dir!r} holds an interrupted training run. Pass "
