@@ -164,6 +164,9 @@ def png_name(job: Job, rank: int, top: int) -> pathlib.PurePath:
 def resolve_class(text, src, count=None, *, option="--class") -> int:
     """The class index that `text` (an index, a name or a synset) names.
 
+    A number is an index, unless another class is named so: then it is
+    refused as ambiguous, and `#N` (always the index N) says which.
+
     Args:
         text: What the user gave.
         src: The `Source`, for its class names and count.
@@ -178,14 +181,29 @@ def resolve_class(text, src, count=None, *, option="--class") -> int:
     count = src.classes if count is None else count
     text = str(text).strip()
     given = f"{option} {text!r}" if option.startswith("-") else f"{option}={text!r}"
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < count:
+    forced = text.startswith("#")  # `#N` is always the index N
+    number = text[1:].strip() if forced else text
+    if number.lstrip("-").isdigit():
+        index = int(number)
+        named = [i for i, name in enumerate(src.class_names or ()) if name == number]
+        if not forced and named and named != [index]:
+            if 0 <= index < count:
+                raise ConfigError(
+                    f"{given} is both the index of class {src.class_names[index]!r} "
+                    f"and the name of class {named[0]}; give '#{index}' for the "
+                    f"first or '#{named[0]}' for the second"
+                )
+        elif 0 <= index < count:
+            return index
+        else:
             raise ConfigError(
                 f"{option} must be a class index from 0 to {count - 1}, or a class "
                 f"name. Received: {given}"
             )
-        return index
+    elif forced:
+        raise ConfigError(
+            f"{option} '#N' must be a class index from 0 to {count - 1}. Received: {given}"
+        )
     for table in (src.synsets, src.class_names):
         if table:
             matches = [i for i, name in enumerate(table) if name == text]

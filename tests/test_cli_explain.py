@@ -144,6 +144,15 @@ def test_class_names_indexes_and_synsets_resolve():
     with pytest.raises(ConfigError, match=r"no class names saved.*from 0 to 5.*'cup'"):
         resolve_class("cup", src(6, None, None))
     assert resolve_class("spoon", src(3, ("cup", "fork", "spoon"), None)) == 2
+    # Classes named by numbers: a number that is another class's name is
+    # refused; `#N` is always the index N.
+    numbered = src(3, ("1", "10", "2"), None)
+    with pytest.raises(ConfigError, match=r"'1' is both the index of class '10' and "
+                                          r"the name of class 0; give '#1'.*'#0'"):
+        resolve_class("1", numbered)
+    assert [resolve_class(t, numbered) for t in ("#1", "#0", "2", "10")] == [1, 0, 2, 1]
+    with pytest.raises(ConfigError, match=r"from 0 to 2"):
+        resolve_class("#10", numbered)
 
 
 def test_png_names_never_collide(tmp_path):
