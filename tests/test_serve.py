@@ -517,6 +517,19 @@ def test_every_bad_oip_input_is_a_one_line_400(server, reference):
                       "data": [b64(reference["files"][0])]}],
           "outputs": [{"name": "logits"}]}, ["unknown output 'logits'"]),
         ({"inputs": []}, ["exactly one input"]),
+        # Fields of the wrong JSON type, where the protocol has an object or a string.
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                      "data": [b64(reference["files"][0])], "parameters": [1]}]},
+         ["\"parameters\" of input 'image' must be an object", "list"]),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                      "data": [b64(reference["files"][0])]}],
+          "outputs": [{"name": "probabilities", "parameters": "x"}]},
+         ["\"parameters\" of output 'probabilities' must be an object", "str"]),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                      "data": [b64(reference["files"][0])]}], "parameters": 3},
+         ["\"parameters\" of the request must be an object", "int"]),
+        ({"inputs": [{"name": "pixels", "datatype": ["FP32"], "shape": [1, 150, 150, 3],
+                      "data": [1]}]}, ["FP32 or UINT8", "['FP32']"]),
     ]
     for payload, words in cases:
         status, _, answer = server.post_json("/v2/models/xception/infer", payload)

@@ -119,7 +119,7 @@ def parse_infer(body: bytes, header_length, service) -> Infer:
     tensor = inputs[0]
     offset = 0
     raw = None
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, f"input {tensor.get('name')!r}").get("binary_data_size")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0 \
                 or size > len(binary):
@@ -162,7 +162,7 @@ def _items(tensor, raw, service):
             _base64_elements(tensor.get("data"), count)
         return [(f"{IMAGE}[{i}]", data) for i, data in enumerate(files)]
     if name == PIXELS:
-        if datatype not in _PIXEL_TYPES:
+        if not isinstance(datatype, str) or datatype not in _PIXEL_TYPES:
             raise RequestError(f"input {PIXELS!r} must be FP32 or UINT8. Received: "
                                f"datatype={datatype!r}")
         shape = _shape(tensor)
@@ -245,11 +245,19 @@ def _json_numbers(data, count, datatype) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _binary_output(request, service) -> bool:
-    params = request.get("parameters") or {}
+def _parameters(obj, where) -> dict:
+    """`obj`'s `parameters` (an object, or absent); else a 400 naming `where`."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
     if not isinstance(params, dict):
-        raise RequestError('"parameters" must be an object')
-    default = params.get("binary_data_output", False) is True
+        raise RequestError(f'the "parameters" of {where} must be an object. '
+                           f"Received: {type(params).__name__}")
+    return params
+
+
+def _binary_output(request, service) -> bool:
+    default = _parameters(request, "the request").get("binary_data_output", False) is True
     outputs = request.get("outputs")
     if outputs is None:
         return default
@@ -260,7 +268,7 @@ def _binary_output(request, service) -> bool:
         if output.get("name") != service.output_name:
             raise RequestError(f"unknown output {output.get('name')!r}: this model gives "
                                f"{service.output_name!r}")
-        flag = (output.get("parameters") or {}).get("binary_data")
+        flag = _parameters(output, f"output {output.get('name')!r}").get("binary_data")
         if flag is not None:
             binary = flag is True
     return binary
