@@ -21,6 +21,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -759,12 +760,12 @@ def test_metrics_count_requests_batches_and_the_queue(server, reference):
 
 
 @pytest.mark.slow
-def test_sigterm_drains_a_request_in_flight_and_exits_0(kitchen_file, reference):
+def test_sigterm_drains_a_request_in_flight_and_a_second_one_exits_at_once(kitchen_file, reference):
     env = {k: v for k, v in os.environ.items() if k != "KERAS_XCEPTION_API_KEY"}
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_xception.cli", "serve", "--model", str(kitchen_file),
          "--port", "0", "--precision", "float32", "--batch-wait-ms", "3000",
-         "--name", "kitchen"],
+         "--name", "kitchen", "--grace-period", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = []
@@ -783,6 +784,10 @@ def test_sigterm_drains_a_request_in_flight_and_exits_0(kitchen_file, reference)
             response = conn.getresponse()
             return response.status, json.loads(response.read())
 
+        # A request whose body never ends: only a second signal ends its wait.
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=60)
+        stalled.sendall(b"POST /v1/models/kitchen:predict HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Length: 100\r\n\r\n{")
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             answer = pool.submit(classify)
             # The batch waits 3 s for more images: the request is in the queue.
@@ -799,7 +804,13 @@ def test_sigterm_drains_a_request_in_flight_and_exits_0(kitchen_file, reference)
             status, body = answer.result(60)
         assert status == 200, body
         assert body["predictions"][0]["class_index"] == int(np.argmax(reference["decoded"][0]))
+        # Still waiting (--grace-period 600) for the stalled body: a second
+        # SIGTERM ends the wait, and the stalled request is answered 503.
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
+        assert stalled.recv(4096).startswith(b"HTTP/1.1 503")
+        stalled.close()
     finally:
         if process.poll() is None:
             process.kill()
@@ -813,7 +824,8 @@ def test_sigterm_drains_a_request_in_flight_and_exits_0(kitchen_file, reference)
     assert "Traceback" not in err
 
 
-def test_sigterm_exits_even_when_the_stopping_line_cannot_be_written():
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_sigterm_exits_even_when_the_stopping_line_cannot_be_written(second):
     """`serve` whose stderr pipe nobody reads any more: the `stopping: ...` print
     raises BrokenPipeError, which must not keep the server from exiting."""
     import uvicorn
@@ -827,7 +839,7 @@ def test_sigterm_exits_even_when_the_stopping_line_cannot_be_written():
     server.on_stop = stopping
     server.handle_exit(signal.SIGTERM, None)
     assert server.should_exit and not server.force_exit
-    server.handle_exit(signal.SIGINT, None)  # A second Ctrl-C: at once.
+    server.handle_exit(second, None)  # A second signal: at once.
     assert server.force_exit
 
 

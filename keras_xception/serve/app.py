@@ -363,6 +363,11 @@ def build_app(service, settings, *, batcher=None):
         state["ready"] = True
         try:
             yield
+        except asyncio.CancelledError:
+            # A second signal: uvicorn skips the shutdown event and cancels
+            # this task as its loop closes. Stop as below, quietly: re-raised,
+            # Starlette would log a failed shutdown, traceback and all.
+            pass
         finally:
             state["ready"] = False
             await batcher.stop()

@@ -12,7 +12,7 @@ finish for up to `grace_s` seconds, then the app's lifespan runs what is
 still queued and stops the batcher. `run` then returns normally. (uvicorn's
 own `Server.capture_signals` re-raises the signal it caught once it has
 shut down, so the process would die of it, status -15; `_Server` keeps the
-signal handled.) A second signal skips the wait.
+signal handled.) A second signal (SIGTERM or Ctrl-C) skips the wait.
 
 Everything uvicorn logs goes to stderr: warnings, errors and one access-log
 line per request (uvicorn's default sends the access log to stdout).
@@ -125,6 +125,8 @@ def _server_class():
         def handle_exit(self, sig, frame):
             first = not self.should_exit
             super().handle_exit(sig, frame)  # First: nothing below may stop the exit.
+            if not first:  # uvicorn forces only on a second SIGINT; any second signal.
+                self.force_exit = True
             if first and self.on_stop is not None:
                 # A diagnostic only: stderr may be a pipe nobody reads any more.
                 with contextlib.suppress(Exception):
