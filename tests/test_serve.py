@@ -873,10 +873,13 @@ def test_serve_option_errors_are_one_line_before_the_model(run_cli, tmp_path):
             (["--api-key-file", empty], "is empty"),
             (["--api-key-file", tmp_path / "nope.txt"], "cannot read --api-key-file"),
             (["--name", "a/b"], "name"),
-            (["--max-batch-size", "64"], "from 1 to 32"),
+            (["--max-batch-size", "64"], "argument --max-batch-size: must be an integer "
+                                         "from 1 to 32. Received: '64'"),
             (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
             (["--port", "70000"], "port number"),
-            (["--max-body-mb", "0"], "positive number"),
+            (["--max-body-mb", "0"], "must be a finite number above 0. Received: '0'"),
+            (["--max-body-mb", "inf"], "must be a finite number above 0. Received: 'inf'"),
+            (["--grace-period", "inf"], "must be a finite number of 0 or more"),
         ]
         for args, words in cases:
             status, out, err = run_cli("serve", "--model", missing, *args)

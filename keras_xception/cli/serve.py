@@ -43,20 +43,30 @@ def _port(text):
     return value
 
 
-def _seconds(text):
+def _number(text, *, zero):
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of 0 or more. Received: {text!r}")
+    if not (0 <= value if zero else 0 < value) or value == float("inf"):
+        what = "a finite number of 0 or more" if zero else "a finite number above 0"
+        raise argparse.ArgumentTypeError(f"must be {what}. Received: {text!r}")
     return value
 
 
+def _seconds(text):
+    return _number(text, zero=True)
+
+
 def _positive_number(text):
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number. Received: {text!r}")
+    return _number(text, zero=False)
+
+
+def _batch_size(text):
+    value = positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 1 to {MAX_BATCH_SIZE}. Received: {text!r}")
     return value
 
 
@@ -93,7 +103,7 @@ def add_parser(subparsers):
                         default="auto",
                         help="compute precision (default: auto: bfloat16 only where "
                         "the CPU computes it natively, else float32)")
-    parser.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
+    parser.add_argument("--max-batch-size", type=_batch_size, default=8, metavar="N",
                         help=f"images per model call, 1 to {MAX_BATCH_SIZE} (default: 8)")
     parser.add_argument("--batch-wait-ms", type=_seconds, default=5.0, metavar="MS",
                         help="how long a batch waits for more images after its first "
