@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import pathlib
 
 # CLI format -> (Keras export format, suffix the output file needs or "").
@@ -73,11 +74,18 @@ def check_output(out, fmt):
             f"The format must be one of {', '.join(sorted(FORMATS))}. Received: {fmt!r}"
         )
     _, suffix = FORMATS[fmt]
-    given = out
+    given = os.fspath(out)
+    if not given.strip():
+        raise ConfigError(f"OUT is empty: give a path. Received: {given!r}")
     out = pathlib.Path(out)
+    if suffix and given.endswith(("/", os.sep)):  # A folder, which pathlib would drop.
+        raise ConfigError(
+            f"The {fmt} output is one file: give its name without a trailing "
+            f"'/'. Received: {given}"
+        )
     if suffix and out.suffix != suffix:
         raise ConfigError(
-            f"The {fmt} output must be a file ending in {suffix!r}. Received: {out}"
+            f"The {fmt} output must be a file ending in {suffix!r}. Received: {given}"
         )
     out = check_parent(out, what="OUT")
     if fmt == "onnx":
@@ -130,6 +138,10 @@ def export(model, out, fmt):
                 from keras_xception.inference.openvino import no_telemetry
 
                 quiet = no_telemetry()
+            elif fmt == "onnx":
+                from keras_xception.inference.onnxruntime import tf2onnx_unwarned
+
+                quiet = tf2onnx_unwarned()
             with quiet:
                 model.export(str(target), format=keras_format, verbose=False,
                              input_signature=[spec])

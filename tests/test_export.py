@@ -4,6 +4,8 @@ ONNX and LiteRT need the `export` extra, OpenVINO the `openvino` extra; the
 `test` extra includes both.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -98,9 +100,15 @@ def test_imagenet_offline_without_cached_weights_says_what_to_do(tmp_path, keras
 def test_onnx_matches(features, photos, computed_once):
     import onnxruntime
 
+    def exported(path):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            export(optimize_for_inference(features), path, "onnx")
+        # The exporter's NumPy FutureWarning is no concern of the user's.
+        assert not [w for w in seen if "np.object" in str(w.message)], seen
+
     # Exported once per run: the oneDNN rerun runs the same file.
-    path = computed_once("xception_notop.onnx", lambda path: export(
-        optimize_for_inference(features), path, "onnx"))
+    path = computed_once("xception_notop.onnx", exported)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     got = session.run(None, {name: photos})[0]

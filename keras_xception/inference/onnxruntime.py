@@ -9,6 +9,7 @@ this module's functions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -21,6 +22,16 @@ from keras_xception.inference import cpu
 
 NAME = "onnxruntime"
 EXTRA = install_hint("onnxruntime")
+
+
+@contextlib.contextmanager
+def tf2onnx_unwarned():
+    """Keras's exporter to ONNX without the one warning that is no concern of
+    this package's users: tf2onnx (through Keras's patch of it) tests
+    `hasattr(np, "object")`, which NumPy answers with a FutureWarning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
+        yield
 
 
 def installed():
@@ -70,10 +81,7 @@ def compile(model, precision):  # noqa: A001 - one name across runtimes
         )
     spec = keras.InputSpec(shape=tuple(model.inputs[0].shape),
                            dtype=model.inputs[0].dtype)
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        # tf2onnx tests `hasattr(np, "object")` on import, which NumPy answers
-        # with a FutureWarning that is no concern of this package's users.
-        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
+    with tempfile.TemporaryDirectory() as folder, tf2onnx_unwarned():
         path = os.path.join(folder, "model.onnx")
         model.export(path, format="onnx", verbose=False, input_signature=[spec])
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
