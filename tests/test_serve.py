@@ -562,6 +562,7 @@ def test_routes_methods_and_content_types(server, reference):
         (("GET", "/v2/models/xception/versions/2/ready"), 404, ["version"]),
         (("POST", "/v1/models/xception:regress", b"{}"), 404, [":predict"]),
         (("GET", "/nothing/here"), 404, ["/nothing/here"]),
+        (("GET", "/v1/models"), 404, ["GET /v1/models;"]),  # not a redirect to .../
         (("POST", "/metrics"), 405, []),
         (("POST", "/v1/models/xception:predict", b"{}", {"Content-Type": "text/plain"}),
          415, ["text/plain"]),

@@ -373,8 +373,10 @@ def build_app(service, settings, *, batcher=None):
             await batcher.stop()
             decoders.shutdown(wait=False, cancel_futures=True)
 
+    # No redirect to the same path with a '/' added (a 307 with no body, then
+    # a 404): a path no route takes is a 404 naming it at once.
     app = FastAPI(title="keras-xception", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+                  redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.service = service
     app.state.settings = settings
     app.state.batcher = batcher
