@@ -118,8 +118,7 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
             if refusal:
                 raise ConfigError(
                     f"Cannot write {what} {str(path)!r}: the file system of "
-                    f"{str(parent)!r} does not let anything be created there "
-                    f"({refusal}). Choose another path."
+                    f"{str(parent)!r} {refusal}. Choose another path."
                 )
             break
         if parent.is_symlink():  # A dangling link where a folder should be.
@@ -131,13 +130,17 @@ def check_parent(path: str | os.PathLike, *, what: str = "output") -> pathlib.Pa
 
 
 def _refuses_new_entries(folder: pathlib.Path) -> str | None:
-    """Why nothing can be created in `folder`, or None if something can.
+    """Why no file can be created in `folder` (words that follow "the file
+    system of FOLDER"), or None if one can.
 
     A file system without storage (/proc, /sys) lets root pass the
     permission check and then refuses the file at the end of the work. Such
-    a file system reports no blocks; only then is a folder created and
-    removed to see, so an ordinary folder is left untouched (and a network
-    or FUSE file system reporting no blocks still passes if it takes one).
+    a file system reports no blocks; only then is an empty file created and
+    removed to see (a file, never a folder, which on cgroup or configfs
+    would create a kernel object), so an ordinary folder is left untouched,
+    and a network or FUSE file system reporting no blocks passes if it
+    takes the file. The probe has a temporary's name, which a later run
+    removes if this process dies before it does.
     """
     try:
         if os.statvfs(folder).f_blocks != 0:
@@ -145,11 +148,16 @@ def _refuses_new_entries(folder: pathlib.Path) -> str | None:
     except OSError:
         return None  # Cannot tell: the work itself will say.
     try:
-        probe = tempfile.mkdtemp(prefix=f".{_owner()}.probe.", dir=folder)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".probe.{_owner()}.",
+                                     suffix=TEMP_SUFFIX)
     except OSError as err:
-        return " ".join(str(err.strerror or os.strerror(err.errno)).split())
+        if err.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS):
+            return "cannot hold files"
+        reason = " ".join(str(err.strerror or os.strerror(err.errno)).split())
+        return f"refused a file there ({reason})"
+    os.close(fd)
     with contextlib.suppress(OSError):
-        os.rmdir(probe)
+        os.unlink(probe)
     return None
 
 

@@ -99,9 +99,19 @@ def test_a_jpeg_cut_short_is_refused_and_one_with_bytes_after_its_end_is_kept(tm
     assert len(data.scan(tmp_path).paths) == 3
 
     (tmp_path / "dog" / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    # A phone's photo is often an MPO: two JPEGs in one file, Pillow's "MPO".
+    two = tmp_path / "two.jpg"
+    Image.fromarray(pixels).save(two, "MPO", save_all=True,
+                                 append_images=[Image.fromarray(pixels[::-1])])
+    with Image.open(two) as opened:
+        assert opened.format == "MPO"
+    (tmp_path / "cat" / "cut_mpo.jpg").write_bytes(two.read_bytes()[: two.stat().st_size // 4])
+    two.unlink()
     with pytest.raises(DataError) as raised:
         data.scan(tmp_path)
-    assert "1 of the 4 files" in str(raised.value) and "cut.jpg" in str(raised.value)
+    message = str(raised.value)
+    assert "2 of the 5 files" in message
+    assert "cut.jpg" in message and "cut_mpo.jpg" in message
 
 
 @pytest.mark.slow

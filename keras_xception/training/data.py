@@ -12,11 +12,12 @@ Class names are the folder names in sorted order; label `i` is
 `class_names[i]`.
 
 Before training, `scan` lists the folder with `keras_xception.images.
-find_images` and checks every file cheaply, without decoding its pixels:
+find_images` and checks every file cheaply, mostly without decoding its pixels:
 its name must have an image extension and Pillow must recognise its header
 (for PNG, GIF and the other formats whose `verify` reads the whole file, the
-checksums too; a JPEG that does not end with its end-of-image marker, as one
-cut short does, is decoded to see). A file that fails stops the run with a `DataError` that
+checksums too; a JPEG, or a multi-picture MPO such as a phone's, that does
+not end with its end-of-image marker, as one cut short does, is decoded at
+1/8 scale to see). A file that fails stops the run with a `DataError` that
 lists the bad files and why, since a dataset that quietly loses files trains
 a different model than the one its owner thinks. Hidden files (`.DS_Store`,
 macOS `._photo.jpg`), `Thumbs.db` and `desktop.ini` are ignored, and so are
@@ -85,7 +86,7 @@ class ImageFolder:
 
 
 def check_image(path) -> str | None:
-    """Checks `path` without decoding its pixels; returns why it is unusable.
+    """Checks `path`, mostly without decoding its pixels; returns why it is unusable.
 
     Args:
         path: An image file.
@@ -104,9 +105,11 @@ def check_image(path) -> str | None:
             width, height = image.size
             kind = image.format
             image.verify()
-        if kind == "JPEG" and not _ends_a_jpeg(path):
-            # Cut short (or followed by other bytes): only decoding tells.
+        if kind in ("JPEG", "MPO") and not _ends_a_jpeg(path):
+            # Cut short (or followed by other bytes): only decoding tells,
+            # at the smallest scale the JPEG decoder offers (1/8).
             with Image.open(path) as image:
+                image.draft("RGB", (1, 1))
                 image.load()
     except UnidentifiedImageError:
         return "not an image Pillow can decode"
