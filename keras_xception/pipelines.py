@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import os
 import pathlib
+import re
 
 import numpy as np
 
@@ -165,7 +166,8 @@ def resolve_class(text, src, count=None, *, option="--class") -> int:
     """The class index that `text` (an index, a name or a synset) names.
 
     A number is an index, unless another class is named so: then it is
-    refused as ambiguous, and `#N` (always the index N) says which.
+    refused as ambiguous, and `#N` (always the index N; `%23N` in a URL)
+    says which.
 
     Args:
         text: What the user gave.
@@ -181,29 +183,29 @@ def resolve_class(text, src, count=None, *, option="--class") -> int:
     count = src.classes if count is None else count
     text = str(text).strip()
     given = f"{option} {text!r}" if option.startswith("-") else f"{option}={text!r}"
-    forced = text.startswith("#")  # `#N` is always the index N
-    number = text[1:].strip() if forced else text
-    if number.lstrip("-").isdigit():
+    # `#N` is always the index N (a number alone is one too, unless another
+    # class is named so); in a URL `#` is written %23.
+    hash_sign = "#" if option.startswith("-") else "%23"
+    names = src.class_names or ()
+    forced = re.fullmatch(r"#\s*(-?[0-9]+)", text)
+    number = forced.group(1) if forced else text
+    if forced or re.fullmatch(r"-?[0-9]+", text):
         index = int(number)
-        named = [i for i, name in enumerate(src.class_names or ()) if name == number]
-        if not forced and named and named != [index]:
-            if 0 <= index < count:
+        named = [i for i, name in enumerate(names) if name == text]
+        if not 0 <= index < count:
+            if not named or forced:
                 raise ConfigError(
-                    f"{given} is both the index of class {src.class_names[index]!r} "
-                    f"and the name of class {named[0]}; give '#{index}' for the "
-                    f"first or '#{named[0]}' for the second"
-                )
-        elif 0 <= index < count:
-            return index
-        else:
+                    f"{option} must be a class index from 0 to {count - 1}"
+                    + ("" if forced else ", or a class name") + f". Received: {given}")
+        elif named and named != [index]:
+            how = str if forced else (lambda i: f"'{hash_sign}{i}'")
             raise ConfigError(
-                f"{option} must be a class index from 0 to {count - 1}, or a class "
-                f"name. Received: {given}"
+                f"{given} is both the index of class {names[index]!r} and the name "
+                f"of class {named[0]}; give {how(index)} for the first or "
+                f"{how(named[0])} for the second"
             )
-    elif forced:
-        raise ConfigError(
-            f"{option} '#N' must be a class index from 0 to {count - 1}. Received: {given}"
-        )
+        else:
+            return index
     for table in (src.synsets, src.class_names):
         if table:
             matches = [i for i, name in enumerate(table) if name == text]

@@ -151,8 +151,19 @@ def test_class_names_indexes_and_synsets_resolve():
                                           r"the name of class 0; give '#1'.*'#0'"):
         resolve_class("1", numbered)
     assert [resolve_class(t, numbered) for t in ("#1", "#0", "2", "10")] == [1, 0, 2, 1]
-    with pytest.raises(ConfigError, match=r"from 0 to 2"):
+    with pytest.raises(ConfigError, match=r"from 0 to 2\. Received: --class '#10'"):
         resolve_class("#10", numbered)
+    with pytest.raises(ConfigError, match=r"give '%231' for the first or '%230'"):
+        resolve_class("1", numbered, option="class")  # serve: '#' in a URL is %23
+    # Names that start with '#', or look like numbers but are not: names.
+    assert resolve_class("#foo", src(3, ("#foo", "b", "c"), None)) == 0
+    assert resolve_class("-1", src(3, ("-1", "a", "b"), None)) == 0
+    with pytest.raises(ConfigError, match=r"'#1' is both the index of class '#2' and "
+                                          r"the name of class 0; give 1 .* or 0"):
+        resolve_class("#1", src(3, ("#1", "#2", "#3"), None))
+    for text in ("--1", "\u00b2", "#"):  # not numbers: no int() of them
+        with pytest.raises(ConfigError, match="is not a class of this model"):
+            resolve_class(text, numbered)
 
 
 def test_png_names_never_collide(tmp_path):

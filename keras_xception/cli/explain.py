@@ -69,8 +69,8 @@ def add_parser(subparsers):
     which.add_argument("--class", dest="class_", metavar="INDEX_OR_NAME",
                        help="the class to explain in every image: its index, "
                        "its name (an ImageNet label or synset, or a class name "
-                       "saved in the model), or #N for index N where a class is "
-                       "named by a number (default: each image's top class)")
+                       "saved in the model), or '#N' (quoted) for index N where a "
+                       "class is named by a number (default: each image's top class)")
     which.add_argument("--top", type=positive_int, default=1, metavar="K",
                        help="explain each image's K highest-scoring classes, "
                        "one PNG each (default: 1)")
