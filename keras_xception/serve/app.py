@@ -364,10 +364,12 @@ def build_app(service, settings, *, batcher=None):
         try:
             yield
         except asyncio.CancelledError:
-            # A second signal: uvicorn skips the shutdown event and cancels
-            # this task as its loop closes. Stop as below, quietly: re-raised,
-            # Starlette would log a failed shutdown, traceback and all.
-            pass
+            # After a second Ctrl-C uvicorn skips the shutdown event and
+            # cancels this task as its loop closes: stop as below, quietly
+            # (re-raised, Starlette would log a failed shutdown, traceback and
+            # all). Any other cancellation is the caller's, and goes on.
+            if not getattr(app.state, "forced_exit", False):
+                raise
         finally:
             state["ready"] = False
             await batcher.stop()

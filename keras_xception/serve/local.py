@@ -12,7 +12,7 @@ finish for up to `grace_s` seconds, then the app's lifespan runs what is
 still queued and stops the batcher. `run` then returns normally. (uvicorn's
 own `Server.capture_signals` re-raises the signal it caught once it has
 shut down, so the process would die of it, status -15; `_Server` keeps the
-signal handled.) A second signal (SIGTERM or Ctrl-C) skips the wait.
+signal handled.) A second Ctrl-C skips the wait.
 
 Everything uvicorn logs goes to stderr: warnings, errors and one access-log
 line per request (uvicorn's default sends the access log to stdout).
@@ -108,6 +108,7 @@ def _server_class():
 
         on_ready = None
         on_stop = None
+        on_force = None
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -124,9 +125,12 @@ def _server_class():
 
         def handle_exit(self, sig, frame):
             first = not self.should_exit
-            super().handle_exit(sig, frame)  # First: nothing below may stop the exit.
-            if not first:  # uvicorn forces only on a second SIGINT; any second signal.
-                self.force_exit = True
+            # First: nothing below may stop the exit. uvicorn forces the exit
+            # on a second Ctrl-C only: GNU timeout, among others, sends one
+            # SIGTERM twice (to the process, then to its group).
+            super().handle_exit(sig, frame)
+            if self.force_exit and self.on_force is not None:
+                self.on_force()
             if first and self.on_stop is not None:
                 # A diagnostic only: stderr may be a pipe nobody reads any more.
                 with contextlib.suppress(Exception):
@@ -180,5 +184,6 @@ def run(source, settings, *, host="127.0.0.1", port=8501, precision="auto",
         if on_ready is not None:
             server.on_ready = lambda: on_ready(address)
         server.on_stop = on_stop
+        server.on_force = lambda: setattr(app.state, "forced_exit", True)
         server.run(sockets=[sock])
     sys.stderr.flush()
