@@ -79,14 +79,26 @@ def test_path_reports_ok_and_hash_mismatch(run, keras_home, monkeypatch, tmp_pat
     assert f"hash mismatch: md5 {md5(h5_bytes())}, expected {TOP.md5}" in out
 
 
-def test_path_names_a_folder_where_a_cached_file_belongs(run, keras_home):
-    # classify would refuse it too: the download cannot replace a folder.
-    blocker = keras_home / "models" / TOP.fname
+def test_path_names_a_folder_where_a_download_would_write(run, keras_home, monkeypatch):
+    # classify refuses it too, while no good copy is cached: a download
+    # cannot replace a folder.
+    folder = keras_home / "models"
+    blocker = folder / TOP.fname
     blocker.mkdir(parents=True)
     status, out, err = run("path")
     assert status == 1 and err == ""
-    assert f"{blocker}: bad: a folder" in out
+    assert f"{blocker}: a folder, where a download of this file would write; remove it" in out
     assert out.count("missing") == 1  # the other file only
+    # A good copy cached: a folder left where its partial download goes is
+    # named, but nothing is wrong while the copy is there.
+    good = xception_legacy(folder / NOTOP.fname, include_top=False)
+    with_md5(monkeypatch, False, md5(good.read_bytes()))
+    part = folder / f".{NOTOP.fname}.part"
+    part.mkdir()
+    blocker.rmdir()
+    status, out, err = run("path")
+    assert status == 0, out
+    assert f"{part}: a folder, where a download of this file would write; unused" in out
 
 
 def test_verify_good_file(run, imagenet_notop_files):

@@ -192,7 +192,8 @@ def _state(path, entry) -> tuple[bool, str]:
 
 
 def _path(args) -> int:
-    from keras_xception.weights import cache, integrity, registry, urls
+    from keras_xception.weights import cache, registry, urls
+    from keras_xception.weights.cache_entry import obstacles
 
     folders = cache.cache_dirs(args.cache_dir)
     print(f"cache: {folders[0]}")
@@ -205,18 +206,20 @@ def _path(args) -> int:
     for entry in registry.WEIGHTS:
         found = cache.cached_files(entry.fname, args.cache_dir)
         print(f"{entry.fname} ({entry.name}):")
-        # A folder (or FIFO, ...) at the file's name blocks the download.
-        blocked = [(folder / entry.fname, kind) for folder in folders
-                   if (kind := integrity.not_regular(folder / entry.fname))]
-        for path, kind in blocked:
-            all_ok = False
-            print(f"  {path}: bad: {kind}, where the cache keeps this file; remove it")
+        states = [(path, *_state(path, entry)) for path in found]
+        # A folder (or FIFO, ...) where a download would write blocks it,
+        # which matters only while no copy found is ok (classify's rule).
+        usable = any(ok for _, ok, _ in states)
+        blocked = obstacles(folders[-1] / entry.fname)
         if not found and not blocked:
             print(f"  missing: would be downloaded to {folders[-1] / entry.fname}")
-        for path in found:
-            ok, words = _state(path, entry)
+        for path, ok, words in states:
             all_ok = all_ok and ok
             print(f"  {path}: {words}")
+        for path, kind in blocked:
+            all_ok = all_ok and usable
+            print(f"  {path}: {kind}, where a download of this file would write; "
+                  + ("remove it" if not usable else "unused while the copy above is ok"))
     return 0 if all_ok else 1
 
 

@@ -202,20 +202,29 @@ def _make_folder(folder: pathlib.Path) -> None:
         ) from err
 
 
+def obstacles(target: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """`(path, what it is)` for each folder or other non-file where the
+    cache writes `target`: the file, its lock or its partial download."""
+    part = Part(target)
+    found = []
+    for path in (target, pathlib.Path(f"{target}.lock"), part.path, part.meta_path):
+        kind = integrity.not_regular(path)
+        if kind is not None:
+            found.append((path, kind))
+    return found
+
+
 def _check_obstacles(target: pathlib.Path) -> None:
     """Refuses a folder or other non-file where the cache writes `target`.
 
     The cached file, its lock and its partial download must each be a
     regular file or absent; this is checked before any network traffic.
     """
-    part = Part(target)
-    for path in (target, pathlib.Path(f"{target}.lock"), part.path, part.meta_path):
-        kind = integrity.not_regular(path)
-        if kind is not None:
-            raise WeightsError(
-                f"{path} is {kind}, where the cache keeps a file for {target.name}; "
-                "remove it and try again."
-            )
+    for path, kind in obstacles(target)[:1]:
+        raise WeightsError(
+            f"{path} is {kind}, where the cache keeps a file for {target.name}; "
+            "remove it and try again."
+        )
 
 
 def _combined(fname, errors, ways_out) -> WeightsError:
