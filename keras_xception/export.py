@@ -75,10 +75,8 @@ def check_output(out, fmt):
         )
     _, suffix = FORMATS[fmt]
     given = os.fspath(out)
-    if not given.strip():
-        raise ConfigError(f"OUT is empty: give a path. Received: {given!r}")
-    out = pathlib.Path(out)
-    if suffix and given.endswith(("/", os.sep)):  # A folder, which pathlib would drop.
+    out = check_parent(out, what="OUT")  # An empty OUT first of all.
+    if suffix and given.endswith(("/", os.sep)):  # A folder, which pathlib drops.
         raise ConfigError(
             f"The {fmt} output is one file: give its name without a trailing "
             f"'/'. Received: {given}"
@@ -87,7 +85,6 @@ def check_output(out, fmt):
         raise ConfigError(
             f"The {fmt} output must be a file ending in {suffix!r}. Received: {given}"
         )
-    out = check_parent(out, what="OUT")
     if fmt == "onnx":
         require("export", "--format onnx")
     if fmt == "openvino":

@@ -95,20 +95,31 @@ def test_imagenet_offline_without_cached_weights_says_what_to_do(tmp_path, keras
     assert str(keras_home) in done.stderr and not (tmp_path / "out").exists()
 
 
+def test_the_onnx_exporters_numpy_warning_is_not_shown():
+    # Keras's tf2onnx patch asks `hasattr(np, "object")` once per process
+    # (so an export in a test cannot be relied on to show it); NumPy
+    # answers with a FutureWarning about itself.
+    from keras_xception.inference.onnxruntime import tf2onnx_unwarned
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        hasattr(np, "object")
+        shown = len(seen)
+        with tf2onnx_unwarned():
+            hasattr(np, "object")
+    if not shown:
+        pytest.skip("this NumPy does not warn about np.object")
+    assert len(seen) == shown and "np.object" in str(seen[0].message)
+
+
 @pytest.mark.slow
 @pytest.mark.numerics
 def test_onnx_matches(features, photos, computed_once):
     import onnxruntime
 
-    def exported(path):
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            export(optimize_for_inference(features), path, "onnx")
-        # The exporter's NumPy FutureWarning is no concern of the user's.
-        assert not [w for w in seen if "np.object" in str(w.message)], seen
-
     # Exported once per run: the oneDNN rerun runs the same file.
-    path = computed_once("xception_notop.onnx", exported)
+    path = computed_once("xception_notop.onnx", lambda path: export(
+        optimize_for_inference(features), path, "onnx"))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     got = session.run(None, {name: photos})[0]

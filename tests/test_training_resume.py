@@ -133,8 +133,10 @@ def test_resume_asking_fewer_epochs_than_done_is_refused_before_the_work(
     result = commandline.main("fine-tune", *options(data, out), *asked, "--resume")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
-    assert f"{flag} is fewer than the 7 {phase} epochs" in result.stderr
-    assert f"{flag.split()[0]} 7 or more" in result.stderr
+    option, asked_for = flag.split()
+    assert f"{option} (`" in result.stderr
+    assert f"`) {asked_for} is fewer than the 7 {phase} epochs" in result.stderr
+    assert "Resume with 7 or more" in result.stderr
     assert not out.exists()
 
 

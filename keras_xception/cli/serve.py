@@ -24,7 +24,7 @@ import os
 import sys
 
 from keras_xception.checks import MAX_BATCH_SIZE
-from keras_xception.cli._args import positive_int
+from keras_xception.cli._args import _integer, positive_int
 
 API_KEY_ENV = "KERAS_XCEPTION_API_KEY"
 
@@ -63,10 +63,10 @@ def _positive_number(text):
 
 
 def _batch_size(text):
-    value = positive_int(text)
-    if value > MAX_BATCH_SIZE:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 1 to {MAX_BATCH_SIZE}. Received: {text!r}")
+    what = f"an integer from 1 to {MAX_BATCH_SIZE}"
+    value = _integer(text, what)
+    if not 1 <= value <= MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be {what}. Received: {text!r}")
     return value
 
 

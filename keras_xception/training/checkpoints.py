@@ -36,7 +36,7 @@ import re
 import zipfile
 
 from keras_xception import fileio
-from keras_xception.errors import ConfigError
+from keras_xception.errors import ConfigError, counted
 
 PHASES = ("head", "fine-tune")
 BEST_WEIGHTS = "best.weights.h5"
@@ -70,16 +70,16 @@ class Checkpoint:
         Raises:
             ConfigError: Naming the option, the epochs done and what to pass.
         """
-        asked, flag = {
-            "head": (epochs, "--epochs"),
-            "fine-tune": (fine_tune_epochs, "--fine-tune-epochs"),
+        asked, flag, name = {
+            "head": (epochs, "--epochs", "epochs"),
+            "fine-tune": (fine_tune_epochs, "--fine-tune-epochs", "fine_tune_epochs"),
         }[self.phase]
         if self.epoch > asked:
             raise ConfigError(
-                f"{flag} {asked} is fewer than the {self.epoch} {self.phase} "
-                f"epochs the checkpoint {self.path!r} has done. Resume with "
-                f"{flag} {self.epoch} or more, or pass --overwrite instead of "
-                "--resume to start over."
+                f"{flag} (`{name}`) {asked} is fewer than the "
+                f"{counted(self.epoch, self.phase + ' epoch')} the checkpoint "
+                f"{self.path!r} has done. Resume with {self.epoch} or more, or "
+                "pass --overwrite (`overwrite=True`) instead of --resume to start over."
             )
 
 
