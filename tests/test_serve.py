@@ -745,7 +745,12 @@ def test_the_api_key_and_the_security_headers(server, reference):
     assert "default-src 'none'" in policy and "script-src 'self'" in policy
     assert "unsafe-inline" not in policy and "http" not in policy
     assert headers["x-content-type-options"] == "nosniff"
-    assert server.call("GET", "/page/index.html", auth=False)[0] == 200
+    # The template's own path sends a browser to the page, whose links are
+    # relative to `/`.
+    status, headers, _ = server.call("GET", "/page/index.html", auth=False)
+    assert (status, headers["location"]) == (308, "../")
+    for link in re.findall(rb'(?:href|src)="(page/[^"]+)"', body):
+        assert server.call("GET", "/" + link.decode(), auth=False)[0] == 200, link
 
 
 def test_metrics_count_requests_batches_and_the_queue(server, reference):

@@ -477,9 +477,14 @@ def build_app(service, settings, *, batcher=None):
     index_html = render_page(name)
 
     @get("/")
-    @get("/page/index.html")
     async def page():
         return Response(index_html, media_type="text/html; charset=utf-8")
+
+    @get("/page/index.html")
+    async def page_elsewhere():
+        # Its links are relative to `/` (and stay so behind a proxy's prefix):
+        # served here, they would point under /page/page/.
+        return Response(status_code=308, headers={"Location": "../"})
 
     from starlette.staticfiles import StaticFiles
 
