@@ -95,12 +95,14 @@ def test_imagenet_offline_without_cached_weights_says_what_to_do(tmp_path, keras
     assert str(keras_home) in done.stderr and not (tmp_path / "out").exists()
 
 
-def test_the_onnx_exporters_numpy_warning_is_not_shown():
+def test_the_onnx_exporters_numpy_warning_is_not_shown(monkeypatch):
     # Keras's tf2onnx patch asks `hasattr(np, "object")` once per process
-    # (so an export in a test cannot be relied on to show it); NumPy
-    # answers with a FutureWarning about itself.
+    # (so an export in a test cannot be relied on to show it), and NumPy
+    # answers with a FutureWarning about itself; then it sets `np.object`,
+    # which an earlier export in this process may have done: undone here.
     from keras_xception.inference.onnxruntime import tf2onnx_unwarned
 
+    monkeypatch.delattr(np, "object", raising=False)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         hasattr(np, "object")
