@@ -166,8 +166,8 @@ def resolve_class(text, src, count=None, *, option="--class") -> int:
     """The class index that `text` (an index, a name or a synset) names.
 
     A number is an index, unless another class is named so: then it is
-    refused as ambiguous, and `#N` (always the index N; `%23N` in a URL)
-    says which.
+    refused as ambiguous, and `#N` (`%23N` in a URL) says which, as the
+    index N (itself refused if another class is named `#N`).
 
     Args:
         text: What the user gave.
@@ -183,8 +183,8 @@ def resolve_class(text, src, count=None, *, option="--class") -> int:
     count = src.classes if count is None else count
     text = str(text).strip()
     given = f"{option} {text!r}" if option.startswith("-") else f"{option}={text!r}"
-    # `#N` is always the index N (a number alone is one too, unless another
-    # class is named so); in a URL `#` is written %23.
+    # `#N` is the index N, as a number alone is, each unless another class
+    # bears it as its name; in a URL `#` is written %23.
     hash_sign = "#" if option.startswith("-") else "%23"
     names = src.class_names or ()
     forced = re.fullmatch(r"#\s*(-?[0-9]+)", text)

@@ -34,6 +34,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_from_1_to(maximum: int):
+    """An argparse type: an integer from 1 to `maximum`."""
+    what = f"an integer from 1 to {maximum}"
+
+    def parse(text: str) -> int:
+        value = _integer(text, what)
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be {what}. Received: {text!r}")
+        return value
+
+    return parse
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number from 0 to 1."""
     try:

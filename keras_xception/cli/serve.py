@@ -24,7 +24,7 @@ import os
 import sys
 
 from keras_xception.checks import MAX_BATCH_SIZE
-from keras_xception.cli._args import _integer, positive_int
+from keras_xception.cli._args import int_from_1_to, positive_int
 
 API_KEY_ENV = "KERAS_XCEPTION_API_KEY"
 
@@ -62,14 +62,6 @@ def _positive_number(text):
     return _number(text, zero=False)
 
 
-def _batch_size(text):
-    what = f"an integer from 1 to {MAX_BATCH_SIZE}"
-    value = _integer(text, what)
-    if not 1 <= value <= MAX_BATCH_SIZE:
-        raise argparse.ArgumentTypeError(f"must be {what}. Received: {text!r}")
-    return value
-
-
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "serve",
@@ -103,7 +95,8 @@ def add_parser(subparsers):
                         default="auto",
                         help="compute precision (default: auto: bfloat16 only where "
                         "the CPU computes it natively, else float32)")
-    parser.add_argument("--max-batch-size", type=_batch_size, default=8, metavar="N",
+    parser.add_argument("--max-batch-size", type=int_from_1_to(MAX_BATCH_SIZE), default=8,
+                        metavar="N",
                         help=f"images per model call, 1 to {MAX_BATCH_SIZE} (default: 8)")
     parser.add_argument("--batch-wait-ms", type=_seconds, default=5.0, metavar="MS",
                         help="how long a batch waits for more images after its first "
