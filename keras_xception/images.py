@@ -16,7 +16,8 @@ or used from the command line.
 
 How an image is decoded:
 
-- JPEGs are decoded by libjpeg at a reduced scale (1/2, 1/4 or 1/8; Pillow's
+- JPEGs (and MPOs, a phone camera's JPEG with more pictures after the
+  first) are decoded by libjpeg at a reduced scale (1/2, 1/4 or 1/8; Pillow's
   `Image.draft`) when the result is still at least twice the target size, as
   Pillow's own `Image.thumbnail` does, so a 12000x12000 photo is never
   expanded to 432 MB of pixels to be shrunk to 299x299;
@@ -80,6 +81,10 @@ RESIZE_METHOD = "bilinear"
 DRAFT_GAP = 2
 
 # EXIF orientations (5 to 8) that turn the stored image by 90 degrees.
+# Pillow's names for files libjpeg decodes: a JPEG, and an MPO (the JPEG of a
+# phone camera that stores more pictures after the first, which Pillow reads).
+JPEG_FORMATS = ("JPEG", "MPO")
+
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
 
@@ -515,7 +520,7 @@ def _decode_opened(source, shown, size, dtype, limit) -> np.ndarray:
                     f"If you trust the file, raise the limit with "
                     f"{MAX_PIXELS_ENV} (command line: --max-pixels)"
                 )
-            if size is not None and image.format == "JPEG":
+            if size is not None and image.format in JPEG_FORMATS:
                 image.draft(None, _draft_size(image, *size))
             image.load()
             if size is None:

@@ -147,15 +147,24 @@ def large_jpeg(tmp_path_factory):
     return path
 
 
-def test_large_jpeg_is_decoded_at_a_reduced_scale(large_jpeg, monkeypatch):
+@pytest.mark.parametrize("kind", ["JPEG", "MPO"])
+def test_large_jpeg_is_decoded_at_a_reduced_scale(large_jpeg, monkeypatch, tmp_path, kind):
+    path = large_jpeg
+    if kind == "MPO":  # A phone's photo: more pictures after the first.
+        path = tmp_path / "phone.jpg"
+        with Image.open(large_jpeg) as first:
+            first.save(path, "MPO", save_all=True, quality=92,
+                       append_images=[Image.new("RGB", (40, 30), (9, 9, 9))])
+        with Image.open(path) as opened:
+            assert opened.format == "MPO"
     spy = _ResizeSpy(monkeypatch)
-    x = images.decode(large_jpeg, (299, 299))
+    x = images.decode(path, (299, 299))
     assert x.shape == (299, 299, 3) and x.dtype == np.float32
     # libjpeg decoded 1/4 scale (1000x750): still at least twice the target.
     assert spy.sizes == [(1000, 750)]
     # Close to a full-size decode resized the same way: only the
     # antialiasing differs.
-    with Image.open(large_jpeg) as full:
+    with Image.open(path) as full:
         reference = np.asarray(full.convert("RGB").resize((299, 299), Image.Resampling.BILINEAR),
                                dtype=np.float32)
     assert np.abs(x - reference).mean() < 2.0

@@ -47,7 +47,7 @@ import sys
 import threading
 
 from keras_xception.errors import ConfigError, DataError
-from keras_xception.images import IMAGE_EXTENSIONS, find_images
+from keras_xception.images import IMAGE_EXTENSIONS, JPEG_FORMATS, find_images
 
 # How many bad files an error message lists before it says "and N more".
 MAX_LISTED = 5
@@ -105,7 +105,7 @@ def check_image(path) -> str | None:
             width, height = image.size
             kind = image.format
             image.verify()
-        if kind in ("JPEG", "MPO") and not _ends_a_jpeg(path):
+        if kind in JPEG_FORMATS and not _ends_a_jpeg(path):
             # Cut short (or followed by other bytes): only decoding tells,
             # at the smallest scale the JPEG decoder offers (1/8).
             with Image.open(path) as image:
