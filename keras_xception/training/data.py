@@ -101,16 +101,18 @@ def check_image(path) -> str | None:
     if not os.fsdecode(path).lower().endswith(IMAGE_EXTENSIONS):
         return "not an image file (expected one of " + ", ".join(IMAGE_EXTENSIONS) + ")"
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            kind = image.format
-            image.verify()
-        if kind in JPEG_FORMATS and not _ends_a_jpeg(path):
-            # Cut short (or followed by other bytes): only decoding tells,
-            # at the smallest scale the JPEG decoder offers (1/8).
-            with Image.open(path) as image:
-                image.draft("RGB", (1, 1))
-                image.load()
+        with open(path, "rb") as f:  # Opened once for every look below.
+            with Image.open(f) as image:
+                width, height = image.size
+                kind = image.format
+                image.verify()
+            if kind in JPEG_FORMATS and not _ends_a_jpeg(f):
+                # Cut short (or followed by other bytes): only decoding
+                # tells, at the smallest scale the JPEG decoder offers (1/8).
+                f.seek(0)
+                with Image.open(f) as image:
+                    image.draft("RGB", (1, 1))
+                    image.load()
     except UnidentifiedImageError:
         return "not an image Pillow can decode"
     except Image.DecompressionBombError as err:
@@ -122,15 +124,13 @@ def check_image(path) -> str | None:
     return None
 
 
-def _ends_a_jpeg(path) -> bool:
-    """Whether the file's last two bytes are JPEG's end-of-image marker,
+def _ends_a_jpeg(f) -> bool:
+    """Whether open binary file `f` ends with JPEG's end-of-image marker,
     which a file cut short (a copy or download stopped early) lacks."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < 2:
-            return False
-        f.seek(-2, os.SEEK_END)
-        return f.read(2) == b"\xff\xd9"
+    if f.seek(0, os.SEEK_END) < 2:
+        return False
+    f.seek(-2, os.SEEK_END)
+    return f.read(2) == b"\xff\xd9"
 
 
 def _format_bad(bad, root) -> str:

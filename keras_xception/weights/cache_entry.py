@@ -220,7 +220,9 @@ def _check_obstacles(target: pathlib.Path) -> None:
     The cached file, its lock and its partial download must each be a
     regular file or absent; this is checked before any network traffic.
     """
-    for path, kind in obstacles(target)[:1]:
+    found = obstacles(target)
+    if found:
+        path, kind = found[0]
         raise WeightsError(
             f"{path} is {kind}, where the cache keeps a file for {target.name}; "
             "remove it and try again."
