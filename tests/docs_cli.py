@@ -147,11 +147,19 @@ def fresh_globals() -> None:
     and NumPy's generators seeded afresh. The command server calls it after
     each command, the docs test's Python process before each page.
     """
+    import gc
     import random
 
     keras = sys.modules.get("keras")  # What is not imported is as new.
     if keras is not None:
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
+    # What the command left is freed now; what is left after that (modules it
+    # imported, caches) is frozen, so that the next collections, this one
+    # after the next command included, do not go through it again: each
+    # took ~0.3 s of CPU otherwise.
+    gc.collect()
+    gc.freeze()
+    if keras is not None:
         keras.config.set_dtype_policy("float32")
         keras.config.set_floatx("float32")
         keras.config.set_epsilon(1e-7)

@@ -155,6 +155,38 @@ def test_keras_applications_model_folds():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+def test_a_folded_copy_keeps_every_layers_own_initializers(augmented_classifier):
+    """The copy is built without random values (its weights are set right
+    after), then given back each layer's initializers: a layer's config, a
+    nested model's included, is the original's but for what folding sets."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, kernel_initializer=keras.initializers.HeNormal(seed=3),
+                            bias_initializer="ones", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(gamma_initializer="zeros", name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, kernel_initializer="orthogonal", name="dense")(x)
+    small = keras.Model(inputs, outputs)
+
+    def initializers(model):
+        found = {}
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                found.update(initializers(layer))
+            for key, value in layer.get_config().items():
+                if key.endswith("_initializer"):
+                    found[(layer.name, key)] = value
+        return found
+
+    from keras_xception.inference.fold import with_dtype_policy
+
+    for model in (small, augmented_classifier["build_classifier"]):
+        before, after = initializers(model), initializers(fold_batch_norm(model))
+        assert after and all(before[key] == value for key, value in after.items())
+        assert initializers(with_dtype_policy(model, "mixed_bfloat16")) == before
+    assert initializers(fold_batch_norm(small))[("conv", "kernel_initializer")][
+        "class_name"] == "HeNormal"
+
+
 def test_rejects_a_non_functional_model():
     from keras_xception.errors import ConfigError
 

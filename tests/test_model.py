@@ -112,6 +112,26 @@ def test_weighted_layers_match_keras_applications(model, reference):
     ]
 
 
+def _layer_configs(model):
+    """Each weighted layer's config but its name, in order."""
+    return [{k: v for k, v in layer.get_config().items() if k != "name"}
+            for layer in model.layers if layer.weights]
+
+
+def test_a_model_built_for_a_weights_file_has_keras_applications_config(
+        tmp_path, reference):
+    """The layers of a model whose weights are loaded from a file are built
+    without random values, then given back their initializers: every layer
+    config, initializers included, is keras.applications'."""
+    path = tmp_path / "top.weights.h5"
+    reference.save_weights(path)
+    loaded = Xception(weights=path)
+    assert _layer_configs(loaded) == _layer_configs(reference)
+    for mine, theirs in zip(loaded.weights, reference.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine),
+                                      keras.ops.convert_to_numpy(theirs))
+
+
 def test_layer_names_do_not_depend_on_what_was_built_before():
     first = [layer.name for layer in Xception(include_top=False, weights=None).layers]
     second = [layer.name for layer in Xception(include_top=False, weights=None).layers]
