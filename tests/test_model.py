@@ -118,6 +118,7 @@ def _layer_configs(model):
             for layer in model.layers if layer.weights]
 
 
+@pytest.mark.slow  # Backend-neutral: under TensorFlow only, not in the JAX rerun.
 def test_a_model_built_for_a_weights_file_has_keras_applications_config(
         tmp_path, reference):
     """The layers of a model whose weights are loaded from a file are built
