@@ -156,7 +156,9 @@ def fresh_globals() -> None:
     # What the command left is freed now; what is left after that (modules it
     # imported, caches) is frozen, so that the next collections, this one
     # after the next command included, do not go through it again: each
-    # took ~0.3 s of CPU otherwise.
+    # took ~0.3 s of CPU otherwise. A caller drops what it no longer needs
+    # first (the kernel's `restart`: the last page's namespace), or it is
+    # kept for good.
     gc.collect()
     gc.freeze()
     if keras is not None:

@@ -275,6 +275,9 @@ def restart(new_folder):
     """What a new Python process would give the next page, short of
     importing TensorFlow and Keras again."""
     global namespace, folder
+    # The last page's objects go first: `fresh_globals` collects them, then
+    # freezes what is left, which would keep them for good.
+    namespace = None
     os.environ.clear()
     os.environ.update(ENVIRON)
     sys.path[:] = PATH
