@@ -289,14 +289,14 @@ def _from_config(config, prebuilt=None):
     """
     import keras
 
-    config = copy.deepcopy(config)
+    config, prebuilt = copy.deepcopy(config), prebuilt or {}
     custom_objects, restore = {}, []
     for entry in config["layers"]:
-        if entry["name"] in (prebuilt or {}):
+        if entry["name"] in prebuilt:
             key = f"keras_xception>prebuilt>{entry['name']}"
             entry["registered_name"] = key
             custom_objects[key] = _Prebuilt(prebuilt[entry["name"]])
-    _zero_initializers(config, (), restore, skip=set(prebuilt or ()))
+    _zero_initializers(config, (), restore, skip=prebuilt)
     model = keras.Model.from_config(config, custom_objects=custom_objects)
     for path, own in restore:
         layer = model
@@ -423,8 +423,6 @@ def with_dtype_policy(model, policy):
         A new `keras.Model` with the same weights; its outputs have the
         policy's compute dtype.
     """
-    import keras
-
     config = copy.deepcopy(model.get_config())
     _set_dtype(config, policy)
     new = _from_config(config)
