@@ -242,6 +242,20 @@ class InterruptAt(keras.callbacks.Callback):
             raise Interrupt(epoch)
 
 
+def traces_of_the_train_step(model):
+    """A list that grows by one each time Keras traces `model`'s train step
+    (its Python code runs only then, not at each step)."""
+    traced = []
+    step = model.train_step
+
+    def train_step(data):
+        traced.append(1)
+        return step(data)
+
+    model.train_step = train_step
+    return traced
+
+
 @pytest.mark.slow
 def test_interrupted_run_resumes_in_its_phase_after_the_last_epoch(tmp_path):
     keras.utils.set_random_seed(2)
@@ -251,9 +265,13 @@ def test_interrupted_run_resumes_in_its_phase_after_the_last_epoch(tmp_path):
 
     train = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1] * 3))).batch(3)
     model = build_classifier(2, image_size=71, weights=None)
+    traced = traces_of_the_train_step(model)
     options = dict(epochs=2, fine_tune_epochs=2, work_dir=tmp_path, verbose=False)
     with pytest.raises(Interrupt):  # in the second fine-tune epoch
         fit_classifier(model, train, callbacks=[InterruptAt(4)], **options)
+    # Each phase traced its step once: its variables (the optimizer's, the
+    # metrics') were made before, or the first trace would be done twice.
+    assert len(traced) == 2
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
         "checkpoint-1-0002.npz",
         "checkpoint-2-0001.npz",
@@ -271,7 +289,9 @@ def test_interrupted_run_resumes_in_its_phase_after_the_last_epoch(tmp_path):
                 resumed.extend(w.numpy() for w in model.weights)
             resumed.append(epoch)
 
+    traced = traces_of_the_train_step(model)
     history = fit_classifier(model, train, resume=True, callbacks=[Record()], **options)
+    assert len(traced) == 1  # the fine-tune phase only
     # Head phase skipped, fine-tune epoch 1 restored: only its epoch 2 runs.
     assert resumed[-1:] == [1] and len(resumed) == len(after_three) + 1
     for before, after in zip(after_three, resumed, strict=False):

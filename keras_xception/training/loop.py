@@ -116,6 +116,26 @@ def _compile(trainer, learning_rate):
     )
 
 
+def _build_state(trainer, train_data):
+    """Creates the optimizer's, the metrics' and the loss's variables before `fit`.
+
+    Without a `tf.distribute` strategy, Keras's TensorFlow trainer creates
+    them inside the first trace of its train step, and a `tf.function` that
+    created variables is traced a second time, without them, for its calls:
+    every phase traced the whole step twice. Keras builds them beforehand
+    itself under a strategy, and always under JAX, with this method, from
+    symbolic tensors shaped like a batch; the dataset's `element_spec` gives
+    those, so no batch is read and nothing is computed. (Keras is pinned to
+    3.15, where the method is `Trainer._symbolic_build`.)
+    """
+    import keras
+
+    build = getattr(trainer, "_symbolic_build", None)
+    spec = getattr(train_data, "element_spec", None)
+    if keras.backend.backend() == "tensorflow" and build is not None and spec is not None:
+        build(data_batch=spec)
+
+
 def _assign(variables, arrays, what, path):
     if len(variables) != len(arrays) or any(
         tuple(v.shape) != tuple(a.shape) for v, a in zip(variables, arrays)
@@ -287,6 +307,8 @@ def fit_classifier(
             base_of(model).trainable = False
         with _scope(model, strategy):
             _compile(trainer, lr)
+            if strategy is None:
+                _build_state(trainer, train_data)
             if pending is not None:
                 _assign(model.weights, pending.model_arrays, "weights", pending.path)
                 if pending.phase == phase and first < total:
