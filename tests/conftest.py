@@ -174,35 +174,45 @@ def computed_once():
     return get
 
 
+# The real weights and the files made from them are written once per run, in
+# the folder the run's pytest processes share (`computed_once`), and only
+# read after that: no test may change them.
+
+
 @pytest.fixture(scope="session")
-def imagenet_notop_arrays():
+def imagenet_notop_arrays(computed_once):
     """Real ImageNet no-top weights, one list of arrays per weighted layer."""
-    return realweights.imagenet_notop_arrays()
+    path = computed_once("imagenet_notop.npz", lambda path: realweights.save_arrays(
+        path, realweights.imagenet_notop_arrays()))
+    return realweights.load_arrays(path)
 
 
 @pytest.fixture(scope="session")
-def imagenet_notop_files(imagenet_notop_arrays, tmp_path_factory):
+def imagenet_notop_files(imagenet_notop_arrays, computed_once):
     """The real no-top weights written as files a user would have.
 
     Returns a dict: `"legacy"` is the official Keras 2 HDF5 layout (as in
     `xception_weights_tf_dim_ordering_tf_kernels_notop.h5`), `"keras3"` a
-    Keras 3 `.weights.h5` saved from `keras.applications.Xception`.
+    Keras 3 `.weights.h5` saved from `keras.applications.Xception`. Read-only.
     """
-    folder = tmp_path_factory.mktemp("imagenet_weights")
-    legacy = folder / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    keras3 = folder / "xception_notop.weights.h5"
-    realweights.write_legacy_h5(legacy, imagenet_notop_arrays)
-    realweights.write_keras3_weights(keras3, imagenet_notop_arrays)
-    return {"legacy": legacy, "keras3": keras3}
+    names = {"legacy": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+             "keras3": "xception_notop.weights.h5"}
+
+    def write(folder):
+        folder.mkdir()
+        realweights.write_legacy_h5(folder / names["legacy"], imagenet_notop_arrays)
+        realweights.write_keras3_weights(folder / names["keras3"], imagenet_notop_arrays)
+
+    folder = computed_once("imagenet_weights", write)
+    return {kind: folder / name for kind, name in names.items()}
 
 
 @pytest.fixture(scope="session")
-def imagenet_top_weights(imagenet_notop_arrays, tmp_path_factory):
+def imagenet_top_weights(imagenet_notop_arrays, computed_once):
     """A Keras 3 `.weights.h5` with a top: the real no-top weights and a
     synthetic 1000-class top (`realweights.synthetic_top`). Read-only."""
-    path = tmp_path_factory.mktemp("top") / "xception_top.weights.h5"
-    realweights.write_top_weights(path, imagenet_notop_arrays)
-    return path
+    return computed_once("xception_top.weights.h5", lambda path: realweights.write_top_weights(
+        path, imagenet_notop_arrays))
 
 
 @pytest.fixture(scope="session")

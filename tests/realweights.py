@@ -108,6 +108,23 @@ def imagenet_notop_arrays() -> list[list[np.ndarray]]:
     return arrays
 
 
+def save_arrays(path, arrays) -> None:
+    """Writes `imagenet_notop_arrays()`'s lists to an `.npz` file (`load_arrays`)."""
+    np.savez(path, **{f"{i}.{j}": value for i, values in enumerate(arrays)
+                      for j, value in enumerate(values)})
+
+
+def load_arrays(path) -> list[list[np.ndarray]]:
+    """The lists `save_arrays` wrote, in `weight_layout(include_top=False)`'s order."""
+    layout = architecture.weight_layout(include_top=False)
+    with np.load(path) as data:
+        arrays = [[data[f"{i}.{j}"] for j in range(len(entry.shapes))]
+                  for i, entry in enumerate(layout)]
+        if len(data.files) != sum(map(len, arrays)):
+            raise RuntimeError(f"{path} does not hold the no-top weights' arrays")
+    return arrays
+
+
 def _keras_applications_model(arrays, include_top, classes=1000):
     """`keras.applications.Xception` holding `arrays`, set in Keras's layer order."""
     import keras
