@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import keras
@@ -248,9 +250,9 @@ def traces_of_the_train_step(model):
     traced = []
     step = model.train_step
 
-    def train_step(data):
+    def train_step(*args):  # (data), or (state, data) under JAX
         traced.append(1)
-        return step(data)
+        return step(*args)
 
     model.train_step = train_step
     return traced
@@ -301,3 +303,69 @@ def test_interrupted_run_resumes_in_its_phase_after_the_last_epoch(tmp_path):
     assert not list(tmp_path.glob("checkpoint-*"))
     with pytest.raises(ConfigError, match="Nothing to resume"):
         fit_classifier(model, train, resume=True, **options)
+
+
+@pytest.mark.slow
+def test_a_mixed_float16_run_resumes(tmp_path):
+    """Under mixed_float16 Keras wraps Adam in a LossScaleOptimizer, whose
+    loss scale has variables of its own: resuming restores them all once."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    images = np.random.default_rng(3).uniform(0, 255, (6, 71, 71, 3)).astype("uint8")
+    train = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1] * 3))).batch(3)
+    options = dict(epochs=2, fine_tune_epochs=0, work_dir=tmp_path, verbose=False)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_classifier(2, image_size=71, weights=None)
+        with pytest.raises(Interrupt):  # in the second epoch
+            fit_classifier(model, train, callbacks=[InterruptAt(2)], **options)
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+        saved = [v.numpy() for v in model.optimizer.variables]
+        model = build_classifier(2, image_size=71, weights=None)
+        restored = []
+
+        class Record(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                restored.extend(v.numpy() for v in model.optimizer.variables)
+
+        history = fit_classifier(model, train, resume=True, callbacks=[Record()], **options)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert history["phase"] == ["head", "head"]
+    assert len(restored) == len(saved)
+    for before, after in zip(saved, restored, strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+# A fresh process: TensorFlow's logical devices are fixed once it has started.
+DISTRIBUTED = """
+import json
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_xception.transfer import build_classifier, fit_classifier
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = build_classifier(2, image_size=71, weights=None)
+images = np.random.default_rng(4).uniform(0, 255, (8, 71, 71, 3)).astype("uint8")
+train = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices((images, np.array([0, 1] * 4))).batch(4))
+history = fit_classifier(model, train, epochs=1, fine_tune_epochs=0, verbose=False)
+print(json.dumps(history["phase"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_distributed_dataset_trains_a_model_built_under_its_strategy():
+    """`strategy=None` means the model's own: a dataset distributed by it,
+    whose batches are per replica, trains as Keras's own `fit` would."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", DISTRIBUTED], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == ["head"]

@@ -125,15 +125,20 @@ def _build_state(trainer, train_data):
     every phase traced the whole step twice. Keras builds them beforehand
     itself under a strategy, and always under JAX, with this method, from
     symbolic tensors shaped like a batch; the dataset's `element_spec` gives
-    those, so no batch is read and nothing is computed. (Keras is pinned to
-    3.15, where the method is `Trainer._symbolic_build`.)
+    those, so no batch is read and nothing is computed. Only for a plain
+    `tf.data.Dataset`: a distributed one's spec is per replica, and Keras
+    builds first itself for the strategy it belongs to. (Keras is pinned
+    to 3.15, where the method is `Trainer._symbolic_build`.)
     """
     import keras
 
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
     build = getattr(trainer, "_symbolic_build", None)
-    spec = getattr(train_data, "element_spec", None)
-    if keras.backend.backend() == "tensorflow" and build is not None and spec is not None:
-        build(data_batch=spec)
+    if build is not None and isinstance(train_data, tf.data.Dataset):
+        build(data_batch=train_data.element_spec)
 
 
 def _assign(variables, arrays, what, path):
@@ -312,7 +317,10 @@ def fit_classifier(
             if pending is not None:
                 _assign(model.weights, pending.model_arrays, "weights", pending.path)
                 if pending.phase == phase and first < total:
-                    trainer.optimizer.build(trainer.trainable_variables)
+                    # Once: a LossScaleOptimizer (mixed_float16) built twice
+                    # would hold its loss scale's variables twice.
+                    if not trainer.optimizer.built:
+                        trainer.optimizer.build(trainer.trainable_variables)
                     _assign(
                         trainer.optimizer.variables,
                         pending.optimizer_arrays,
