@@ -1,4 +1,5 @@
-"""`keras-xception fine-tune`, run as a user runs it: in a subprocess."""
+"""`keras-xception fine-tune`, run as a user runs it: in a subprocess (the
+seed test runs it in this process: only its saved models matter)."""
 
 import json
 import os
@@ -148,6 +149,27 @@ def test_output_path_is_checked_before_any_image(tmp_path):
     result = cli(data, "--output", tmp_path / "file" / "out.keras", "--weights", "none")
     assert_clean_error(result, "is a file, not a folder")
     assert "broken.jpg" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_same_seed_repeats_the_run_bit_for_bit_and_another_seed_does_not(tmp_path):
+    """`--seed` covers every random draw of a run (the split, the shuffling,
+    the new layers' initial weights, dropout, augmentation): on the same
+    machine the same command saves the same model."""
+    data = make_dataset(tmp_path / "data", per_class=3)
+
+    def weights(name, seed):
+        out = tmp_path / f"{name}.keras"
+        done = commandline.main("fine-tune", data, "--output", out, "--weights", "none",
+                                "--image-size", 71, "--batch-size", 3, "--epochs", 1,
+                                "--fine-tune-epochs", 0, "--val-split", 0, "--seed", seed)
+        assert done.returncode == 0, done.stderr
+        return keras.saving.load_model(out).get_weights()
+
+    first, again, other = weights("first", 3), weights("again", 3), weights("other", 4)
+    assert len(first) == len(again) == len(other)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
 @pytest.mark.slow

@@ -164,7 +164,8 @@ def add_parser(subparsers):
         "--seed",
         type=int,
         default=1337,
-        help="seed of the validation split and shuffling",
+        help="seed of the validation split, the shuffling, the new head's initial "
+        "weights, dropout and augmentation: the same command repeats its run",
     )
     parser.set_defaults(run=run)
     return parser

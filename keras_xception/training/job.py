@@ -137,6 +137,9 @@ def _train(settings, folder, train, val, config, chief, stdout, stderr) -> int:
             f"{_describe(folder, train, val)}; strategy {settings.strategy} with "
             f"{replicas} replica(s){shard_note}"
         )
+        # The head's initial weights, the dropout and the augmentation draw
+        # from the seed too, so the same command repeats its run.
+        keras.utils.set_random_seed(settings.seed)
         train_ds = _dataset(settings, *train, strategy if multi else None, shuffle=True)
         val_ds = None
         if val[0]:

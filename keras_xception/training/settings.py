@@ -53,7 +53,8 @@ class Settings:
         resume: Continue the interrupted run in `work_dir`.
         overwrite: Replace an existing output, and start over when
             `work_dir` holds an interrupted run.
-        seed: Seed of the validation split and shuffling.
+        seed: Seed of the validation split, the shuffling, the new head's
+            initial weights, dropout and augmentation.
     """
 
     data_dir: str
