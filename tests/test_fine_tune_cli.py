@@ -99,6 +99,8 @@ def test_missing_data_dir_is_an_error(tmp_path):
         (["--strategy", "multiworker"], "needs TF_CONFIG"),
         (["--weights", "missing.h5"], "existing weights file"),
         (["--epochs", "0", "--fine-tune-epochs", "0"], "Nothing to train"),
+        (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
+        (["--seed", "4294967296"], "--seed must be an integer from 0 to 4294967295"),
         (
             ["--strategy", "multiworker", "--workers", "2", "--batch-size", "3"],
             "--batch-size must be a multiple of --workers",
@@ -155,8 +157,18 @@ def test_output_path_is_checked_before_any_image(tmp_path):
 def test_the_same_seed_repeats_the_run_bit_for_bit_and_another_seed_does_not(tmp_path):
     """`--seed` covers every random draw of a run (the split, the shuffling,
     the new layers' initial weights, dropout, augmentation): on the same
-    machine the same command saves the same model."""
+    machine the same command saves the same model. The caller's generators
+    are left as they were."""
+    import random
+
     data = make_dataset(tmp_path / "data", per_class=3)
+
+    def draws():
+        return random.random(), np.random.random(), float(keras.random.uniform(()))
+
+    keras.utils.set_random_seed(11)
+    callers = draws()
+    keras.utils.set_random_seed(11)
 
     def weights(name, seed):
         out = tmp_path / f"{name}.keras"
@@ -164,9 +176,11 @@ def test_the_same_seed_repeats_the_run_bit_for_bit_and_another_seed_does_not(tmp
                                 "--image-size", 71, "--batch-size", 3, "--epochs", 1,
                                 "--fine-tune-epochs", 0, "--val-split", 0, "--seed", seed)
         assert done.returncode == 0, done.stderr
-        return keras.saving.load_model(out).get_weights()
+        return out
 
-    first, again, other = weights("first", 3), weights("again", 3), weights("other", 4)
+    saved = [weights("first", 3), weights("again", 3), weights("other", 4)]
+    assert draws() == callers  # (Loading a model draws seeds for its initializers.)
+    first, again, other = (keras.saving.load_model(path).get_weights() for path in saved)
     assert len(first) == len(again) == len(other)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))

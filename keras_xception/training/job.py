@@ -115,6 +115,10 @@ def _train(settings, folder, train, val, config, chief, stdout, stderr) -> int:
 
         gpu = bool(tf.config.list_physical_devices("GPU"))
         keras.config.set_dtype_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    # The same command repeats its run: every random draw (the new layers'
+    # initial weights, dropout, augmentation, the shuffling) comes from
+    # `--seed`. The caller's generators are put back afterwards.
+    restore_generators = _seed_generators(settings.seed)
     try:
         strategy = distributed.get_strategy(settings.strategy)
         replicas = distributed.replicas(strategy)
@@ -137,9 +141,6 @@ def _train(settings, folder, train, val, config, chief, stdout, stderr) -> int:
             f"{_describe(folder, train, val)}; strategy {settings.strategy} with "
             f"{replicas} replica(s){shard_note}"
         )
-        # The head's initial weights, the dropout and the augmentation draw
-        # from the seed too, so the same command repeats its run.
-        keras.utils.set_random_seed(settings.seed)
         train_ds = _dataset(settings, *train, strategy if multi else None, shuffle=True)
         val_ds = None
         if val[0]:
@@ -191,6 +192,7 @@ def _train(settings, folder, train, val, config, chief, stdout, stderr) -> int:
         distributed.barrier(strategy)
     finally:
         keras.config.set_dtype_policy(policy)
+        restore_generators()
     if chief:
         checkpoints.Checkpoints(settings.work_dir).clear()
         try:
@@ -210,6 +212,36 @@ def _train(settings, folder, train, val, config, chief, stdout, stderr) -> int:
             flush=True,
         )
     return 0
+
+
+def _seed_generators(seed):
+    """Seeds every generator as `keras.utils.set_random_seed(seed)` does;
+    returns a function that puts back the ones this process had: Python's
+    and NumPy's states, TensorFlow's and Keras's global seeds. A caller in
+    the same process (a notebook, the tests) then draws as if the command
+    had not run."""
+    import random
+
+    import keras
+    import numpy as np
+    from keras.src.backend.common import global_state  # Keras is pinned (setup.cfg).
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+    from tensorflow.python.eager import context
+
+    keras_names = (rng_utils.GLOBAL_RANDOM_SEED, seed_generator.GLOBAL_SEED_GENERATOR)
+    python, numpy, tensorflow = random.getstate(), np.random.get_state(), context.global_seed()
+    saved = {name: global_state.get_global_attribute(name) for name in keras_names}
+    keras.utils.set_random_seed(seed)
+
+    def restore():
+        random.setstate(python)
+        np.random.set_state(numpy)
+        context.set_global_seed(tensorflow)
+        for name, value in saved.items():
+            global_state.set_global_attribute(name, value)
+
+    return restore
 
 
 def _dataset(settings, paths, labels, strategy, *, shuffle):

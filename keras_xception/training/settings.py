@@ -24,6 +24,8 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 # batch on any one accelerator, and the ImageNet features gain nothing from
 # them.
 MAX_IMAGE_SIZE = 2048
+# NumPy's generator, which `keras.utils.set_random_seed` seeds, takes no more.
+MAX_SEED = 2**32 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Settings:
         _integer("--batch-size", self.batch_size, 1)
         _integer("--epochs", self.epochs, 0)
         _integer("--fine-tune-epochs", self.fine_tune_epochs, 0)
+        _integer("--seed", self.seed, 0, MAX_SEED)
         if self.epochs + self.fine_tune_epochs == 0:
             raise ConfigError(
                 "Nothing to train: --epochs and --fine-tune-epochs are both 0."
