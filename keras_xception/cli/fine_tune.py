@@ -164,7 +164,7 @@ def add_parser(subparsers):
         "--seed",
         type=int,
         default=1337,
-        help="seed of the validation split, the shuffling, the new head's initial "
+        help="seed of the validation split, the shuffling, the new layers' initial "
         "weights, dropout and augmentation: the same command repeats its run",
     )
     parser.set_defaults(run=run)

@@ -55,8 +55,8 @@ class Settings:
         resume: Continue the interrupted run in `work_dir`.
         overwrite: Replace an existing output, and start over when
             `work_dir` holds an interrupted run.
-        seed: Seed of the validation split, the shuffling, the new head's
-            initial weights, dropout and augmentation.
+        seed: Seed of the validation split, the shuffling, the new layers'
+            initial weights, dropout and augmentation (0 to 2**32 - 1).
     """
 
     data_dir: str
