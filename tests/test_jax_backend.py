@@ -2,8 +2,9 @@
 
 Keras picks its backend once per process, so the JAX run is a separate
 pytest process over the same test files; its output is shown on failure.
-It runs the fast tests and every `numerics` one (equality with
-keras.applications, real weights, mixed precision, channels_first); the
+It runs the fast tests (among them equality with keras.applications, on
+random and on the real weights, and a keras.applications `.keras` file
+loaded) and every `numerics` one (mixed precision, channels_first); the
 other slow ones build full-size models to check shapes and files, which do
 not depend on the backend, and run under TensorFlow only.
 """
