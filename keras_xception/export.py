@@ -130,18 +130,19 @@ def export(model, out, fmt):
                 target = tmp / OPENVINO_XML  # and model.bin beside it
             elif directory:
                 tmp.rmdir()  # The exporter creates its folder itself.
-            quiet = contextlib.nullcontext()
-            if fmt == "openvino":
-                from keras_xception.inference.openvino import no_telemetry
+            if fmt == "onnx":
+                from keras_xception.inference.onnxruntime import export_onnx
 
-                quiet = no_telemetry()
-            elif fmt == "onnx":
-                from keras_xception.inference.onnxruntime import tf2onnx_unwarned
+                export_onnx(model, target, [spec])
+            else:
+                quiet = contextlib.nullcontext()
+                if fmt == "openvino":
+                    from keras_xception.inference.openvino import no_telemetry
 
-                quiet = tf2onnx_unwarned()
-            with quiet:
-                model.export(str(target), format=keras_format, verbose=False,
-                             input_signature=[spec])
+                    quiet = no_telemetry()
+                with quiet:
+                    model.export(str(target), format=keras_format, verbose=False,
+                                 input_signature=[spec])
     except OSError as err:
         if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
             raise

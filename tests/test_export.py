@@ -4,6 +4,7 @@ ONNX and LiteRT need the `export` extra, OpenVINO the `openvino` extra; the
 `test` extra includes both.
 """
 
+import os
 import warnings
 
 import numpy as np
@@ -129,6 +130,36 @@ def test_onnx_matches(features, photos, computed_once):
     got = session.run(None, {name: photos})[0]
     expected = features.predict(photos, verbose=0)
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_an_onnx_optimizer_that_fails_is_skipped_as_tf2onnx_does(monkeypatch, tmp_path):
+    """The export skips tf2onnx's copy of the graph before each optimizer;
+    when an optimizer raises, it converts again with the copies, and that
+    optimizer is skipped, as tf2onnx alone would do."""
+    import keras
+    import onnxruntime
+    from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
+
+    from keras_xception.inference.onnxruntime import export_onnx
+
+    calls = []
+
+    def failing(self, graph, iteration):
+        calls.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
+        raise RuntimeError("an optimizer fails")
+
+    monkeypatch.setattr(TransposeOptimizer, "optimize", failing)
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 4)).astype("float32")
+    path = tmp_path / "dense.onnx"
+    export_onnx(model, path, [keras.InputSpec(shape=(None, 4), dtype="float32")])
+    assert calls[0] == "FALSE" and calls[-1] is None  # fast, then careful
+    assert "TF2ONNX_CATCH_ERRORS" not in os.environ
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow
