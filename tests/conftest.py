@@ -44,7 +44,7 @@ def pytest_xdist_auto_num_workers(config):
 # nothing else.
 LONGEST_GROUPS = ("tests.test_onednn_rerun", "docs:README.md", "ray", "tests.test_jax_backend",
                   "tests.test_benchmark", "tests.test_gpu_script", "docs:docs/training.md",
-                  "tests.test_training_batchnorm", "tests.test_load_serve",
+                  "tests.test_load_serve",
                   "docs:docs/inference.md", "tests.test_scratch", "tests.test_batch")
 
 
@@ -73,8 +73,8 @@ SHARED_VARIABLE = "KERAS_XCEPTION_TEST_SHARED"
 
 # JAX compiles every computation it has not seen in this process, even a
 # weight initializer's (building Xception under JAX compiles ~10 CPU-s of
-# them). The JAX processes of one run (the JAX rerun, the BatchNorm check,
-# the Grad-CAM maps, the benchmark and GPU script runs) share a persistent
+# them). The JAX processes of one run (the JAX rerun, the Grad-CAM maps,
+# the benchmark and GPU script runs) share a persistent
 # compilation cache in the shared folder, so each computation is compiled
 # once per run. A size limit turns on JAX's file lock, so that a process
 # never reads an entry another one is writing.

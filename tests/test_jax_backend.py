@@ -1,10 +1,11 @@
-"""The model and preprocessing tests, run again under `KERAS_BACKEND=jax`.
+"""The model, preprocessing and BatchNorm tests, run again under `KERAS_BACKEND=jax`.
 
 Keras picks its backend once per process, so the JAX run is a separate
 pytest process over the same test files; its output is shown on failure.
 It runs the fast tests (among them equality with keras.applications, on
 random and on the real weights, and a keras.applications `.keras` file
-loaded) and every `numerics` one (mixed precision, channels_first); the
+loaded), every `numerics` one (mixed precision, channels_first) and every
+`backends` one (BatchNorm statistics through both training phases); the
 other slow ones build full-size models to check shapes and files, which do
 not depend on the backend, and run under TensorFlow only.
 """
@@ -18,7 +19,8 @@ import keras
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BACKEND_NEUTRAL_TESTS = ["tests/test_model.py", "tests/test_preprocessing.py"]
+BACKEND_NEUTRAL_TESTS = ["tests/test_model.py", "tests/test_preprocessing.py",
+                         "tests/test_training_batchnorm.py"]
 
 
 @pytest.mark.slow
@@ -28,7 +30,7 @@ def test_model_tests_pass_under_jax():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-         "-m", "not slow or numerics", *BACKEND_NEUTRAL_TESTS],
+         "-m", "not slow or numerics or backends", *BACKEND_NEUTRAL_TESTS],
         cwd=ROOT,
         env=env,
         capture_output=True,
