@@ -13,8 +13,8 @@ One test per block (docs/development.md, "How the docs are tested"):
 - a block preceded by `<!-- test: not run: REASON -->` is skipped with that
   reason, shown in pytest's summary;
 - a block preceded by `<!-- test: runs in PAGE -->` is not run on its own
-  page: its test passes when its lines are, in order, the lines of a block
-  of the same language on PAGE that runs (the README shows some commands
+  page: its test passes when its lines are consecutive lines of a block of
+  the same language on PAGE that runs (the README shows some commands
   that a page of docs/ runs, in the same folder layout).
 
 Each page runs in its own temporary folder holding `docs/coffee.jpg`,

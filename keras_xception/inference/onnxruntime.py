@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import warnings
 
 import numpy as np
@@ -37,21 +38,22 @@ def tf2onnx_unwarned():
 # tf2onnx deep-copies the whole graph before each of its graph optimizers
 # (a dozen, in several passes) so that one that raises can be skipped: a
 # quarter of Xception's conversion (2.3 of 9.6 CPU-s on a 2-vCPU Zen 4). With
-# this variable set (tf2onnx 1.17 reads only whether it is) it does not copy,
-# and an optimizer that raises ends the conversion; `export_onnx` then
-# converts again the careful way.
+# this variable set (tf2onnx 1.17 reads only whether it is, not its value)
+# it does not copy, and an optimizer that raises ends the conversion;
+# `export_onnx` then converts again the careful way.
 _CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
+_EXPORTING = threading.Lock()  # One conversion at a time sets the variable.
 
 
 def export_onnx(model, path, input_signature):
     """Writes `model` to the ONNX file `path` with Keras's exporter (tf2onnx).
 
     First without tf2onnx's copy of the graph before each optimizer; if that
-    conversion fails, again with it (an optimizer that fails is then
-    skipped). A `TF2ONNX_CATCH_ERRORS` the caller set is left to tf2onnx.
-    The environment variable is set for the first attempt only, which other
-    threads converting at the same moment would see: they convert the same
-    way, or fall back.
+    conversion fails (other than for memory or a file), again with it, and
+    an optimizer that fails is then skipped, as tf2onnx alone does; the
+    first error is chained to a second one. Conversions in this process run
+    one at a time. A `TF2ONNX_CATCH_ERRORS` that the caller set is left as
+    it is, and then tf2onnx alone decides (any value turns its copies off).
 
     Args:
         model: A Keras model (TensorFlow backend).
@@ -63,17 +65,20 @@ def export_onnx(model, path, input_signature):
             model.export(str(path), format="onnx", verbose=False,
                          input_signature=input_signature)
 
-    if _CATCH_ERRORS in os.environ:
-        return convert()
-    os.environ[_CATCH_ERRORS] = "FALSE"
-    try:
-        convert()
-        return None
-    except Exception:  # noqa: BLE001 - any optimizer's error: convert again
-        pass
-    finally:
-        os.environ.pop(_CATCH_ERRORS, None)
-    return convert()
+    with _EXPORTING:
+        if _CATCH_ERRORS in os.environ:
+            convert()
+            return
+        os.environ[_CATCH_ERRORS] = "FALSE"
+        try:
+            convert()
+        except (MemoryError, OSError):
+            raise
+        except Exception:  # noqa: BLE001 - an optimizer's error: convert again
+            os.environ.pop(_CATCH_ERRORS, None)
+            convert()
+        finally:
+            os.environ.pop(_CATCH_ERRORS, None)
 
 
 def installed():
