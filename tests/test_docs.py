@@ -441,17 +441,17 @@ def _runs_here(block) -> bool:
     return block.not_run is None and block.runs_in is None
 
 
-def _lines_within(lines, block_lines) -> bool:
-    n = len(lines)
-    return any(block_lines[i:i + n] == lines for i in range(len(block_lines) - n + 1))
+def _lines(block) -> list[str]:
+    return [line.rstrip() for line in block.code.splitlines()]
 
 
 def _runs_in_twin(block):
     """The block of `block.runs_in` that runs `block`'s lines, or None."""
-    lines = [line.rstrip() for line in block.code.splitlines()]
+    lines, n = _lines(block), len(_lines(block))
     for other in parse(block.runs_in):
-        if (_runs_here(other) and other.language == block.language and lines
-                and _lines_within(lines, [line.rstrip() for line in other.code.splitlines()])):
+        theirs = _lines(other)
+        if (n and _runs_here(other) and other.language == block.language
+                and any(theirs[i:i + n] == lines for i in range(len(theirs) - n + 1))):
             return other
     return None
 
