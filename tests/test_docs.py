@@ -447,7 +447,8 @@ def _lines(block) -> list[str]:
 
 def _runs_in_twin(block):
     """The block of `block.runs_in` that runs `block`'s lines, or None."""
-    lines, n = _lines(block), len(_lines(block))
+    lines = _lines(block)
+    n = len(lines)
     for other in parse(block.runs_in):
         theirs = _lines(other)
         if (n and _runs_here(other) and other.language == block.language
