@@ -17,7 +17,7 @@ from keras_xception import tfenv
 # afterwards (keras_xception.tfenv).
 tfenv.install()
 
-from tests import commandline, realweights  # noqa: E402
+from tests import background, commandline, realweights  # noqa: E402
 
 # How the suite runs in parallel (setup.cfg: `-n auto --dist loadgroup`).
 # Each module is one unit of work, so a module's fixtures (a server, a Ray
@@ -37,14 +37,14 @@ def pytest_xdist_auto_num_workers(config):
 
 
 # The longest groups (`--durations` of a whole run), handed out first, then
-# the other groups with slow tests, most first, then the rest: so that no
-# worker is left running a long group alone at the end. xdist hands groups
-# out in this order with `--no-loadscope-reorder` (setup.cfg); by default it
-# would hand out the groups with the most tests first. The order changes
-# nothing else.
-LONGEST_GROUPS = ("tests.test_onednn_rerun", "docs:README.md", "ray", "tests.test_jax_backend",
-                  "tests.test_benchmark", "tests.test_gpu_script", "docs:docs/training.md",
-                  "tests.test_load_serve",
+# the other groups with slow tests, most first, then the rest, and last the
+# tests that wait for a run in the background (tests/background.py): so that
+# no worker is left running a long group alone at the end, and the waiting
+# starts when the other work is done. xdist hands groups out in this order
+# with `--no-loadscope-reorder` (setup.cfg); by default it would hand out the
+# groups with the most tests first. The order changes nothing else.
+LONGEST_GROUPS = ("docs:README.md", "ray", "tests.test_benchmark", "tests.test_gpu_script",
+                  "docs:docs/training.md", "tests.test_load_serve",
                   "docs:docs/inference.md", "tests.test_scratch", "tests.test_batch")
 
 
@@ -61,7 +61,19 @@ def pytest_collection_modifyitems(config, items):
     slow = {}
     for item in items:
         slow[_group(item)] = slow.get(_group(item), 0) + bool(item.get_closest_marker("slow"))
-    items.sort(key=lambda item: (rank.get(_group(item), len(rank)), -slow[_group(item)]))
+    items.sort(key=lambda item: (item.get_closest_marker("background") is not None,
+                                 rank.get(_group(item), len(rank)), -slow[_group(item)]))
+
+
+def pytest_collection_finish(session):
+    """Starts the background runs of the tests selected (tests/background.py),
+    once per run: in each process that collects, the first one starts them."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        marker = item.get_closest_marker("background")
+        if marker is not None:
+            background.start(*marker.args)
 
 
 # A folder shared by every pytest process of one run: the controller makes it
@@ -100,6 +112,7 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     folder = getattr(config, "shared_folder", None)
     if folder:
+        background.stop_all(folder)
         shutil.rmtree(folder, ignore_errors=True)
         for name in [SHARED_VARIABLE, *getattr(config, "jax_cache_set", ())]:
             os.environ.pop(name, None)
