@@ -102,6 +102,7 @@ def pytest_configure(config):
     if not os.environ.get(SHARED_VARIABLE):
         config.shared_folder = tempfile.mkdtemp(prefix="kx-tests-")
         os.environ[SHARED_VARIABLE] = config.shared_folder
+        os.environ[background.OWNER_VARIABLE] = str(os.getpid())
         config.jax_cache_set = [name for name in JAX_CACHE_VARIABLES
                                 if name not in os.environ]
         for name in config.jax_cache_set:
@@ -114,13 +115,14 @@ def pytest_unconfigure(config):
     if folder:
         background.stop_all(folder)
         shutil.rmtree(folder, ignore_errors=True)
-        for name in [SHARED_VARIABLE, *getattr(config, "jax_cache_set", ())]:
+        for name in [SHARED_VARIABLE, background.OWNER_VARIABLE,
+                     *getattr(config, "jax_cache_set", ())]:
             os.environ.pop(name, None)
 
 
 def _package_variables():
     return {k: v for k, v in os.environ.items()
-            if k.startswith("KERAS_") and k != SHARED_VARIABLE}
+            if k.startswith("KERAS_") and k not in (SHARED_VARIABLE, background.OWNER_VARIABLE)}
 
 
 _AT_START = _package_variables()

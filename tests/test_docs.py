@@ -230,7 +230,8 @@ def docs_env(tmp_path_factory, imagenet_notop_arrays, pytestconfig):
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                                 "KERAS_XCEPTION_OFFLINE", "KERAS_XCEPTION_WEIGHTS_URL",
-                                "KERAS_BACKEND", "KERAS_XCEPTION_TEST_SHARED")}
+                                "KERAS_BACKEND", "KERAS_XCEPTION_TEST_SHARED",
+                                "KERAS_XCEPTION_TEST_OWNER")}
     env.update(
         KERAS_HOME=str(home),
         KERAS_XCEPTION_WEIGHTS_URL=server.base,
