@@ -35,10 +35,10 @@ def rerun_command():
 
 @pytest.mark.slow
 @pytest.mark.background("jax_rerun", rerun_command)
-def test_model_tests_pass_under_jax():
+def test_model_tests_pass_under_jax(request):
     if keras.backend.backend() == "jax":
         pytest.skip("this pytest process already runs under KERAS_BACKEND=jax")
-    status, output = background.result("jax_rerun", rerun_command)
+    status, output = background.result(*request.node.get_closest_marker("background").args)
     tail = output[-6000:]
     assert status == 0, f"JAX run failed ({status}):\n{tail}"
     last = [line for line in output.splitlines() if " in " in line and "passed" in line]
