@@ -168,6 +168,13 @@ def result(name, command, timeout=TIMEOUT_S + 60):
     return (int(status) if status.lstrip("-").isdigit() else status), _log(folder, name)
 
 
+def last_summary(output) -> str:
+    """pytest's last summary line in a run's output ("... passed ... in ..."),
+    or "" where it printed none."""
+    lines = [line for line in output.splitlines() if " in " in line and "passed" in line]
+    return lines[-1] if lines else ""
+
+
 def _held(path) -> bool:
     """Whether a process holds the lock on `path` (the launcher, while it lives)."""
     with open(path, "a") as f:

@@ -41,5 +41,5 @@ def test_model_tests_pass_under_jax(request):
     status, output = background.result(*request.node.get_closest_marker("background").args)
     tail = output[-6000:]
     assert status == 0, f"JAX run failed ({status}):\n{tail}"
-    last = [line for line in output.splitlines() if " in " in line and "passed" in line]
-    assert last and "failed" not in last[-1], tail
+    last = background.last_summary(output)
+    assert last and "failed" not in last, tail

@@ -61,12 +61,12 @@ def test_numerics_pass_with_onednn_in_the_other_state(part, request):
         pytest.skip("this pytest process does not run TensorFlow's kernels")
     here = onednn_enabled()
     assert here is not None, "cannot tell whether TensorFlow's oneDNN is on in this process"
-    other = _other_state()
+    other = "0" if here else "1"
     status, output = background.result(*request.node.get_closest_marker("background").args)
     tail = output[-6000:]
     assert status != 5, f"no test of {PARTS[part]} is marked numerics:\n{tail}"
     assert status == 0, (
         f"numerics tests with TF_ENABLE_ONEDNN_OPTS={other} (here oneDNN is "
         f"{'on' if here else 'off'}) failed ({status}):\n{tail}")
-    last = [line for line in output.splitlines() if " in " in line and "passed" in line]
-    assert last and "failed" not in last[-1], tail
+    last = background.last_summary(output)
+    assert last and "failed" not in last, tail
