@@ -1,11 +1,16 @@
 """Every expected mistake on the command line: exit 1, one line, no traceback.
 
-Each case runs the real command line in a subprocess with one bad input and
-checks what a user (or a script reading stderr) relies on: exit status 1,
-exactly one non-empty line on stderr that names the bad input (its path or
-its option), no traceback, and nothing on stdout, which carries results
-only. Stderr holds one line per bad input, so a run with a single bad input
-prints exactly one.
+Each case runs the command line with one bad input and checks what a user
+(or a script reading stderr) relies on: exit status 1, exactly one non-empty
+line on stderr that names the bad input (its path or its option), no
+traceback, and nothing on stdout, which carries results only. Stderr holds
+one line per bad input, so a run with a single bad input prints exactly one.
+
+Every case runs in this process (`keras_xception.cli.main`, with its
+streams captured), and a few of them, one per kind of command, again as a
+user starts the command, in a real process: there an error that escaped
+would print a traceback, and whatever a fresh process writes to stderr on
+its own would break the one line.
 
 Every case fails before a model is built; the weights named are small
 structure-only files, and the Keras cache is empty and offline.
@@ -236,18 +241,14 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def env(tmp_path):
-    """An empty Keras cache that never reaches the network."""
-    home = tmp_path / "keras_home"
-    home.mkdir()
-    return dict(os.environ, KERAS_HOME=str(home), KERAS_XCEPTION_OFFLINE="1")
+# One case per kind of command (argparse alone, reading an image, a weights
+# file, fine-tune's data, quantize's output), run again in a real process.
+REAL_PROCESS = ("no-command", "classify-truncated-jpeg", "export-weights-truncated",
+                "weights-verify-truncated", "fine-tune-data-missing",
+                "quantize-output-in-proc")
 
 
-@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[i for i, _ in CASES])
-def test_expected_error_is_one_line_and_exit_1(case, files, env):
-    argv, named = case(files)
-    done = commandline.run(*argv, env=env, timeout=120)
+def assert_one_line_naming(done, named, files):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 1, done.stderr
@@ -257,6 +258,22 @@ def test_expected_error_is_one_line_and_exit_1(case, files, env):
     # Nothing written: no output, no temporary file or folder left beside one.
     assert not (files.root / "out").exists()
     assert [p.name for p in files.root.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[i for i, _ in CASES])
+def test_expected_error_is_one_line_and_exit_1(case, files, keras_home):
+    argv, named = case(files)
+    assert_one_line_naming(commandline.main(*argv), named, files)
+
+
+@pytest.mark.parametrize("case", [c for i, c in CASES if i in REAL_PROCESS],
+                         ids=[i for i, _ in CASES if i in REAL_PROCESS])
+def test_in_a_real_process_too(case, files, tmp_path):
+    home = tmp_path / "keras_home"  # An empty Keras cache that never reaches the network.
+    home.mkdir()
+    env = dict(os.environ, KERAS_HOME=str(home), KERAS_XCEPTION_OFFLINE="1")
+    argv, named = case(files)
+    assert_one_line_naming(commandline.run(*argv, env=env, timeout=120), named, files)
 
 
 def test_messages_count_one_in_the_singular():

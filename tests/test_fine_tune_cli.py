@@ -1,5 +1,10 @@
-"""`keras-xception fine-tune`, run as a user runs it: in a subprocess (the
-seed test runs it in this process: only its saved models matter)."""
+"""`keras-xception fine-tune`: its mistakes, each one line before any work,
+and its runs.
+
+The mistakes and the seed test run the command in this process; the run
+that saves a model runs it as a user does, in a subprocess. One mistake
+runs in a real process too (tests/test_cli_errors.py).
+"""
 
 import json
 import os
@@ -16,9 +21,14 @@ from tests import commandline
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def cli(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_XCEPTION_OFFLINE="1")
-    return commandline.run("fine-tune", *args, env=env, timeout=timeout, cwd=ROOT)
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("KERAS_XCEPTION_OFFLINE", "1")
+
+
+def cli(*args):
+    """`keras-xception fine-tune ARGS...` in this process."""
+    return commandline.main("fine-tune", *args)
 
 
 def make_dataset(root, classes=("cat", "dog"), per_class=4, size=40):
@@ -192,7 +202,9 @@ def test_fine_tune_run_saves_a_raw_input_model_with_class_names(
 ):
     data = make_dataset(tmp_path / "data", classes=("cat", "dog", "fox"), per_class=4)
     out = tmp_path / "models" / "pets.keras"
-    result = cli(
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = commandline.run(
+        "fine-tune",
         data,
         "--output",
         out,
@@ -212,6 +224,9 @@ def test_fine_tune_run_saves_a_raw_input_model_with_class_names(
         0.25,
         "--strategy",
         "mirrored",
+        env=env,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # The result on stdout, one line; progress on stderr.
