@@ -21,13 +21,19 @@ from tests import commandline
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def cli(*args, timeout=300):
+    """`keras-xception fine-tune ARGS...` in a real process, offline."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_XCEPTION_OFFLINE="1")
+    return commandline.run("fine-tune", *args, env=env, timeout=timeout, cwd=ROOT)
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("KERAS_XCEPTION_OFFLINE", "1")
 
 
-def cli(*args):
-    """`keras-xception fine-tune ARGS...` in this process."""
+def fine_tune(*args):
+    """`keras-xception fine-tune ARGS...` in this process (offline: `offline`)."""
     return commandline.main("fine-tune", *args)
 
 
@@ -59,7 +65,7 @@ def test_corrupt_and_non_image_files_are_named_before_training(tmp_path):
     (data / "dog" / "truncated.png").write_bytes(good.read_bytes()[:60])
     (data / "dog" / "notes.txt").write_text("labels by hand")
     (data / "dog" / ".DS_Store").write_bytes(b"\0\0")  # hidden: ignored
-    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    result = fine_tune(data, "--output", tmp_path / "out.keras", "--weights", "none")
     assert_clean_error(
         result,
         "3 of the 11 files",
@@ -75,18 +81,18 @@ def test_corrupt_and_non_image_files_are_named_before_training(tmp_path):
 def test_empty_class_folder_is_an_error(tmp_path):
     data = make_dataset(tmp_path / "data")
     (data / "bird").mkdir()
-    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    result = fine_tune(data, "--output", tmp_path / "out.keras", "--weights", "none")
     assert_clean_error(result, "empty class folder", "'bird'")
 
 
 def test_single_class_is_an_error(tmp_path):
     data = make_dataset(tmp_path / "data", classes=("cat",))
-    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    result = fine_tune(data, "--output", tmp_path / "out.keras", "--weights", "none")
     assert_clean_error(result, "single class folder ('cat')", "at least 2 classes")
 
 
 def test_missing_data_dir_is_an_error(tmp_path):
-    result = cli(tmp_path / "nowhere", "--output", tmp_path / "out.keras")
+    result = fine_tune(tmp_path / "nowhere", "--output", tmp_path / "out.keras")
     assert_clean_error(result, "does not exist")
 
 
@@ -119,12 +125,12 @@ def test_missing_data_dir_is_an_error(tmp_path):
 )
 def test_bad_options_are_clear_errors(tmp_path, options, message):
     data = make_dataset(tmp_path / "data", per_class=1)
-    result = cli(data, "--output", tmp_path / "out.keras", *options)
+    result = fine_tune(data, "--output", tmp_path / "out.keras", *options)
     assert_clean_error(result, message)
 
 
 def test_output_must_be_a_keras_file(tmp_path):
-    result = cli(tmp_path, "--output", tmp_path / "out.h5")
+    result = fine_tune(tmp_path, "--output", tmp_path / "out.h5")
     assert_clean_error(result, "--output must name a .keras file")
 
 
@@ -133,14 +139,14 @@ def test_interrupted_run_needs_resume_or_overwrite(tmp_path):
     work = tmp_path / "out.training"
     work.mkdir()
     (work / "checkpoint-1-0001.npz").write_bytes(b"state")
-    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none")
+    result = fine_tune(data, "--output", tmp_path / "out.keras", "--weights", "none")
     assert_clean_error(result, "interrupted training run", "--resume", "--overwrite")
     assert (work / "checkpoint-1-0001.npz").read_bytes() == b"state"
 
 
 def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=1)
-    result = cli(data, "--output", tmp_path / "out.keras", "--weights", "none", "--resume")
+    result = fine_tune(data, "--output", tmp_path / "out.keras", "--weights", "none", "--resume")
     assert_clean_error(result, "Nothing to resume", "out.training")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
@@ -149,7 +155,7 @@ def test_existing_output_is_kept_without_overwrite(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=1)
     out = tmp_path / "out.keras"
     out.write_bytes(b"an earlier model")
-    result = cli(data, "--output", out, "--weights", "none")
+    result = fine_tune(data, "--output", out, "--weights", "none")
     assert_clean_error(result, "already exists", "--overwrite")
     assert out.read_bytes() == b"an earlier model"
 
@@ -158,7 +164,7 @@ def test_output_path_is_checked_before_any_image(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=1)
     (data / "cat" / "broken.jpg").write_bytes(b"not an image")
     (tmp_path / "file").write_text("a file where a folder should be")
-    result = cli(data, "--output", tmp_path / "file" / "out.keras", "--weights", "none")
+    result = fine_tune(data, "--output", tmp_path / "file" / "out.keras", "--weights", "none")
     assert_clean_error(result, "is a file, not a folder")
     assert "broken.jpg" not in result.stderr
 
@@ -202,9 +208,7 @@ def test_fine_tune_run_saves_a_raw_input_model_with_class_names(
 ):
     data = make_dataset(tmp_path / "data", classes=("cat", "dog", "fox"), per_class=4)
     out = tmp_path / "models" / "pets.keras"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = commandline.run(
-        "fine-tune",
+    result = cli(
         data,
         "--output",
         out,
@@ -224,9 +228,6 @@ def test_fine_tune_run_saves_a_raw_input_model_with_class_names(
         0.25,
         "--strategy",
         "mirrored",
-        env=env,
-        timeout=300,
-        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # The result on stdout, one line; progress on stderr.
