@@ -21,13 +21,13 @@ from tests import background, commandline, realweights  # noqa: E402
 
 # How the suite runs in parallel (setup.cfg: `-n auto --dist loadgroup`).
 # Each module is one unit of work, so a module's fixtures (a server, a Ray
-# cluster, a model) are built once; a test that sets its own `xdist_group`
-# joins that group instead (the docs test: one group per page, whose blocks
-# run in order in one process). Workers: one per CPU this process may use,
-# at most MAX_WORKERS (each holds TensorFlow and a few models: 2-3 GB); none
-# on one CPU. (A third worker on 2 CPUs kept them ~100% busy instead of
-# ~88%, but the Ray tests took 2-3 times as long, and no shorter run showed
-# through the machine's noise: docs/benchmarks.md, "The test suite".)
+# cluster, a model, the docs test's kernel and command server) are built
+# once; a test that sets its own `xdist_group` joins that group instead.
+# Workers: one per CPU this process may use, at most MAX_WORKERS (each holds
+# TensorFlow and a few models: 2-3 GB); none on one CPU. (A third worker on
+# 2 CPUs kept them ~100% busy instead of ~88%, but the Ray tests took 2-3
+# times as long, and no shorter run showed through the machine's noise:
+# docs/benchmarks.md, "The test suite".)
 MAX_WORKERS = 4
 
 
@@ -43,9 +43,8 @@ def pytest_xdist_auto_num_workers(config):
 # starts when the other work is done. xdist hands groups out in this order
 # with `--no-loadscope-reorder` (setup.cfg); by default it would hand out the
 # groups with the most tests first. The order changes nothing else.
-LONGEST_GROUPS = ("docs:README.md", "ray", "tests.test_benchmark", "tests.test_gpu_script",
-                  "docs:docs/training.md", "tests.test_load_serve",
-                  "docs:docs/inference.md", "tests.test_scratch", "tests.test_batch")
+LONGEST_GROUPS = ("tests.test_docs", "ray", "tests.test_benchmark", "tests.test_gpu_script",
+                  "tests.test_load_serve", "tests.test_scratch", "tests.test_batch")
 
 
 def _group(item):

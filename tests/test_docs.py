@@ -492,10 +492,10 @@ def page_results(docs_env, page_processes, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", [
-    # A page's blocks run in order in one process: one parallel group per page.
-    pytest.param(b, id=b.id, marks=pytest.mark.xdist_group(f"docs:{b.page}"))
-    for b in ALL_BLOCKS])
+# The module is one parallel group (tests/conftest.py): its pages run in one
+# pytest process, which starts one Python kernel and one command server for
+# them all, and a page's blocks run in order.
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.id) for b in ALL_BLOCKS])
 def test_block(block, page_results):
     if block.not_run is not None:
         pytest.skip(f"{block.id} not run: {block.not_run}")

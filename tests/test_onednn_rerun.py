@@ -5,8 +5,8 @@ TensorFlow decides once, when it starts, whether it runs its oneDNN kernels
 (numbers compared across kernels) run a second time in a pytest process of
 their own with the variable set to the state this process does not have.
 They then pass with oneDNN on and off whatever this CPU's default is. The
-rerun is two processes, the Grad-CAM and export tests in one and the rest
-in the other (any new file with `numerics` tests goes to the second), which
+rerun is two processes, the Grad-CAM, export and precision tests in one
+and the rest in the other (any new file with `numerics` tests goes to the second), which
 run at low priority beside the rest of the suite (tests/background.py):
 what is left of them when the workers are done then takes two CPUs, not
 one. Their output is shown on failure.
@@ -36,7 +36,7 @@ def _other_state():
     return None if here is None else ("0" if here else "1")
 
 
-FIRST_PART = ["tests/test_explain.py", "tests/test_export.py"]
+FIRST_PART = ["tests/test_explain.py", "tests/test_export.py", "tests/test_precision.py"]
 PARTS = {"first": FIRST_PART, "rest": [f"--ignore={path}" for path in FIRST_PART]}
 
 
