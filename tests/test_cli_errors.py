@@ -246,6 +246,7 @@ CASES = [
 REAL_PROCESS = ("no-command", "classify-truncated-jpeg", "export-weights-truncated",
                 "weights-verify-truncated", "fine-tune-data-missing",
                 "quantize-output-in-proc")
+assert set(REAL_PROCESS) <= {i for i, _ in CASES}, "REAL_PROCESS names a case that is gone"
 
 
 def assert_one_line_naming(done, named, files):

@@ -6,10 +6,10 @@ TensorFlow decides once, when it starts, whether it runs its oneDNN kernels
 their own with the variable set to the state this process does not have.
 They then pass with oneDNN on and off whatever this CPU's default is. The
 rerun is two processes, the Grad-CAM, export and precision tests in one
-and the rest in the other (any new file with `numerics` tests goes to the second), which
-run at low priority beside the rest of the suite (tests/background.py):
-what is left of them when the workers are done then takes two CPUs, not
-one. Their output is shown on failure.
+and the rest in the other (any new file with `numerics` tests goes to the
+second), which run at low priority beside the rest of the suite
+(tests/background.py): what is left of them when the workers are done then
+takes two CPUs, not one. Their output is shown on failure.
 """
 
 import functools

@@ -446,40 +446,58 @@ def test_a_read_only_cache_folder_still_falls_back_to_tmp(cache, monkeypatch):
 # A path that is not a regular file is never opened.
 
 
+class Fifo:
+    """A FIFO where a weights file is expected, and whether anything opened it.
+
+    A thread tries every half second to open it for writing without
+    blocking, which succeeds only while something holds it open to read:
+    that reader then finds a writer (and at once the end of the file)
+    instead of waiting for one forever, and `opened` records it.
+    """
+
+    def __init__(self, path):
+        self.path, self.opened, self._done = path, [], threading.Event()
+        os.mkfifo(path)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        while not self._done.wait(0.5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nothing holds it open to read.
+                continue
+            self.opened.append(True)
+            os.close(fd)
+
+    def stop(self):
+        self._done.set()
+        self._thread.join()
+
+
 @pytest.fixture
 def fifo(tmp_path):
-    path = tmp_path / "weights.h5"
-    os.mkfifo(path)
-    return path
+    watched = Fifo(tmp_path / "weights.h5")
+    yield watched
+    watched.stop()
 
 
 def test_resolve_and_verify_refuse_a_fifo_without_opening_it(fifo):
     for call in (
-        lambda: resolve(str(fifo), include_top=False),
-        lambda: verify(fifo),
-        lambda: integrity.content_problem(fifo),
+        lambda: resolve(str(fifo.path), include_top=False),
+        lambda: verify(fifo.path),
+        lambda: integrity.content_problem(fifo.path),
     ):
         with pytest.raises(WeightsError) as err:
             call()
-        assert str(err.value).startswith(f"{fifo} is not a regular file (a FIFO)")
+        assert str(err.value).startswith(f"{fifo.path} is not a regular file (a FIFO)")
+    assert not fifo.opened
 
 
 def test_xception_with_a_fifo_as_weights_fails_promptly(fifo):
-    # Opened, the FIFO would wait for a writer: one comes after 60 s, so that
-    # the test fails (on what it then reads) instead of hanging.
-    done = threading.Event()
-
-    def writer():
-        if not done.wait(60):
-            with open(fifo, "wb"):
-                pass
-
-    threading.Thread(target=writer, daemon=True).start()
-    try:
-        with pytest.raises(WeightsError, match=r"is not a regular file \(a FIFO\)"):
-            Xception(weights=str(fifo), include_top=False, input_shape=(71, 71, 3))
-    finally:
-        done.set()
+    with pytest.raises(WeightsError, match=r"is not a regular file \(a FIFO\)"):
+        Xception(weights=str(fifo.path), include_top=False, input_shape=(71, 71, 3))
+    assert not fifo.opened
 
 
 def test_progress_after_a_resume_gives_the_percentage_of_the_bytes_shown():
