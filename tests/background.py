@@ -110,8 +110,24 @@ NICENESS = 19
 OWNER_VARIABLE = "KERAS_XCEPTION_TEST_OWNER"
 
 
+# The run's shared folder (tests/conftest.py makes it and sets the variable).
+SHARED_VARIABLE = "KERAS_XCEPTION_TEST_SHARED"
+
+
 def _folder() -> pathlib.Path:
-    return pathlib.Path(os.environ["KERAS_XCEPTION_TEST_SHARED"])
+    return pathlib.Path(os.environ[SHARED_VARIABLE])
+
+
+def in_parts(name, command, parts):
+    """One `pytest.param` per part, marked `background(f"{name}_{part}", ...)`
+    with `command(part)`: a rerun split into processes that run side by side."""
+    import functools
+
+    import pytest
+
+    return [pytest.param(part, marks=pytest.mark.background(
+                f"{name}_{part}", functools.partial(command, part)))
+            for part in parts]
 
 
 def start(name, command) -> bool:

@@ -79,7 +79,7 @@ def pytest_collection_finish(session):
 # (or a run without workers does), and its workers and the pytest runs that
 # tests start (tests/test_onednn_rerun.py) inherit the variable. What
 # `computed_once` keeps there is computed by the first process that asks.
-SHARED_VARIABLE = "KERAS_XCEPTION_TEST_SHARED"
+SHARED_VARIABLE = background.SHARED_VARIABLE
 
 
 # JAX compiles every computation it has not seen in this process, even a

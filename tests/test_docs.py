@@ -45,7 +45,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests import docs_cli, realweights
+from tests import background, docs_cli, realweights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = ["README.md"] + sorted(
@@ -230,8 +230,8 @@ def docs_env(tmp_path_factory, imagenet_notop_arrays, pytestconfig):
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                                 "KERAS_XCEPTION_OFFLINE", "KERAS_XCEPTION_WEIGHTS_URL",
-                                "KERAS_BACKEND", "KERAS_XCEPTION_TEST_SHARED",
-                                "KERAS_XCEPTION_TEST_OWNER")}
+                                "KERAS_BACKEND", background.SHARED_VARIABLE,
+                                background.OWNER_VARIABLE)}
     env.update(
         KERAS_HOME=str(home),
         KERAS_XCEPTION_WEIGHTS_URL=server.base,

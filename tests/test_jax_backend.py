@@ -14,7 +14,6 @@ of the suite (tests/background.py): what is left of them when the workers
 are done then takes two CPUs, not one.
 """
 
-import functools
 import os
 import pathlib
 import sys
@@ -38,10 +37,7 @@ def rerun_command(part):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("part", [
-    pytest.param(part, marks=pytest.mark.background(f"jax_rerun_{part}",
-                                                    functools.partial(rerun_command, part)))
-    for part in PARTS])
+@pytest.mark.parametrize("part", background.in_parts("jax_rerun", rerun_command, PARTS))
 def test_model_tests_pass_under_jax(part, request):
     if keras.backend.backend() == "jax":
         pytest.skip("this pytest process already runs under KERAS_BACKEND=jax")

@@ -12,7 +12,6 @@ second), which run at low priority beside the rest of the suite
 takes two CPUs, not one. Their output is shown on failure.
 """
 
-import functools
 import os
 import pathlib
 import sys
@@ -50,10 +49,7 @@ def rerun_command(part):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("part", [
-    pytest.param(part, marks=pytest.mark.background(f"onednn_rerun_{part}",
-                                                    functools.partial(rerun_command, part)))
-    for part in PARTS])
+@pytest.mark.parametrize("part", background.in_parts("onednn_rerun", rerun_command, PARTS))
 def test_numerics_pass_with_onednn_in_the_other_state(part, request):
     import keras
 
